@@ -71,7 +71,10 @@ impl Frame {
 pub fn check_header(bytes: &[u8; HEADER_LEN], limits: &Limits) -> Result<Header, DecodeError> {
     let (magic, header, reserved) = Header::read_raw(bytes);
     if magic != MAGIC {
-        return Err(DecodeError::BadMagic { found: magic, expected: MAGIC });
+        return Err(DecodeError::BadMagic {
+            found: magic,
+            expected: MAGIC,
+        });
     }
     if header.version != PROTOCOL_VERSION {
         return Err(DecodeError::UnsupportedVersion {
@@ -80,10 +83,14 @@ pub fn check_header(bytes: &[u8; HEADER_LEN], limits: &Limits) -> Result<Header,
         });
     }
     if Opcode(header.opcode).kind() == OpcodeKind::Unassigned {
-        return Err(DecodeError::UnknownOpcode { opcode: header.opcode });
+        return Err(DecodeError::UnknownOpcode {
+            opcode: header.opcode,
+        });
     }
     if header.flags & !FLAGS_KNOWN != 0 {
-        return Err(DecodeError::UnknownFlags { flags: header.flags });
+        return Err(DecodeError::UnknownFlags {
+            flags: header.flags,
+        });
     }
     if reserved != 0 {
         return Err(DecodeError::ReservedNotZero { reserved });
@@ -177,7 +184,11 @@ impl Encoder {
         buf.reserve(frame_len);
         self.put_header(request_id, message.opcode(), body_len, buf);
         message.write_body(buf);
-        assert_eq!(buf.len() - start, frame_len, "body_len and write_body disagree");
+        assert_eq!(
+            buf.len() - start,
+            frame_len,
+            "body_len and write_body disagree"
+        );
         Ok(frame_len)
     }
 
@@ -228,15 +239,22 @@ mod tests {
     use crate::message::{Version, VersionedValue};
 
     fn get(key: &'static [u8]) -> Request {
-        Request::Get { key: Bytes::from_static(key), read_quorum: None }
+        Request::Get {
+            key: Bytes::from_static(key),
+            read_quorum: None,
+        }
     }
 
     #[test]
     fn frames_split_across_reads_decode_once_complete() {
         let encoder = Encoder::default();
         let mut wire = BytesMut::new();
-        encoder.encode(7, &get(b"alpha"), &mut wire).expect("encode");
-        encoder.encode(8, &Request::Ping, &mut wire).expect("encode");
+        encoder
+            .encode(7, &get(b"alpha"), &mut wire)
+            .expect("encode");
+        encoder
+            .encode(8, &Request::Ping, &mut wire)
+            .expect("encode");
         let mut decoder = Decoder::default();
         let mut input = BytesMut::new();
         let mut frames = Vec::new();
@@ -248,29 +266,57 @@ mod tests {
         }
         assert_eq!(frames.len(), 2);
         assert_eq!(frames[0].request_id, 7);
-        assert_eq!(frames[0].request(decoder.limits()).expect("get"), get(b"alpha"));
-        assert_eq!(frames[1].request(decoder.limits()).expect("ping"), Request::Ping);
+        assert_eq!(
+            frames[0].request(decoder.limits()).expect("get"),
+            get(b"alpha")
+        );
+        assert_eq!(
+            frames[1].request(decoder.limits()).expect("ping"),
+            Request::Ping
+        );
         assert!(input.is_empty());
     }
 
     #[test]
     fn too_large_frame_is_refused_from_its_header() {
-        let limits = Limits { frame_bytes_max: 1024, ..Limits::default() };
-        let header = Header { version: 1, opcode: Opcode::PUT.0, request_id: 1, flags: 0, body_len: 5000 };
+        let limits = Limits {
+            frame_bytes_max: 1024,
+            ..Limits::default()
+        };
+        let header = Header {
+            version: 1,
+            opcode: Opcode::PUT.0,
+            request_id: 1,
+            flags: 0,
+            body_len: 5000,
+        };
         let mut input = BytesMut::from(&header.to_bytes()[..]);
-        let error = Decoder::new(limits).decode(&mut input).expect_err("too large");
+        let error = Decoder::new(limits)
+            .decode(&mut input)
+            .expect_err("too large");
         assert_eq!(error.code(), crate::ErrorCode::FrameTooLarge);
-        assert!(input.capacity() < 5000, "must not reserve for a refused frame");
+        assert!(
+            input.capacity() < 5000,
+            "must not reserve for a refused frame"
+        );
     }
 
     #[test]
     fn decoded_value_is_a_slice_of_the_input() {
         let value = Bytes::from(vec![9u8; 100]);
-        let response = Response::Value(VersionedValue { version: Version { hlc: 5, origin: 6 }, value });
+        let response = Response::Value(VersionedValue {
+            version: Version { hlc: 5, origin: 6 },
+            value,
+        });
         let mut wire = BytesMut::new();
-        Encoder::default().encode(1, &response, &mut wire).expect("encode");
+        Encoder::default()
+            .encode(1, &response, &mut wire)
+            .expect("encode");
         let range = wire.as_ptr_range();
-        let frame = Decoder::default().decode(&mut wire).expect("ok").expect("frame");
+        let frame = Decoder::default()
+            .decode(&mut wire)
+            .expect("ok")
+            .expect("frame");
         let Response::Value(entry) = frame.response(&Limits::default()).expect("value") else {
             panic!("not a value");
         };
@@ -284,13 +330,20 @@ mod tests {
             value: Bytes::from(vec![1u8; 100]),
         });
         let mut buf = BytesMut::new();
-        let len = Encoder::default().encode(3, &response, &mut buf).expect("encode");
+        let len = Encoder::default()
+            .encode(3, &response, &mut buf)
+            .expect("encode");
         assert_eq!(len, HEADER_LEN + 12 + 4 + 100);
         assert_eq!(buf.capacity(), len, "one exact reservation");
 
-        let limits = Limits { key_bytes_max: 4, ..Limits::default() };
+        let limits = Limits {
+            key_bytes_max: 4,
+            ..Limits::default()
+        };
         let mut out = BytesMut::new();
-        let error = Encoder::new(limits).encode(1, &get(b"too long"), &mut out).expect_err("limit");
+        let error = Encoder::new(limits)
+            .encode(1, &get(b"too long"), &mut out)
+            .expect_err("limit");
         assert!(matches!(error, EncodeError::KeyTooLarge { len: 8, max: 4 }));
         assert!(out.is_empty());
     }

@@ -343,7 +343,10 @@ mod tests {
 
     #[test]
     fn decode_error_text_names_the_numbers() {
-        let error = DecodeError::KeyTooLarge { len: 70000, max: 65535 };
+        let error = DecodeError::KeyTooLarge {
+            len: 70000,
+            max: 65535,
+        };
         assert_eq!(error.code(), ErrorCode::KeyTooLarge);
         assert!(error.to_string().contains("70000"));
         assert!(error.to_string().contains("key_bytes_max"));

@@ -181,8 +181,9 @@ impl Header {
     /// Returns `(magic, header, reserved)`.
     pub fn read_raw(bytes: &[u8; HEADER_LEN]) -> (u16, Header, u16) {
         let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
-        let u32_at =
-            |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
         let header = Header {
             version: bytes[VERSION_OFFSET],
             opcode: bytes[OPCODE_OFFSET],

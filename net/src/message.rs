@@ -210,7 +210,10 @@ impl std::fmt::Debug for Hello {
             .field("role", &self.role)
             .field("cluster", &self.cluster)
             .field("datacenter", &self.datacenter)
-            .field("credentials", &self.credentials.as_ref().map(|_| "<redacted>"))
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -374,10 +377,13 @@ mod tests {
     fn opcode_kinds_follow_the_documented_ranges() {
         for raw in 0..=u8::MAX {
             let kind = Opcode(raw).kind();
-            if Opcode::PEER_REQUEST_RANGE.contains(&raw) || Opcode::PEER_RESPONSE_RANGE.contains(&raw) {
+            if Opcode::PEER_REQUEST_RANGE.contains(&raw)
+                || Opcode::PEER_RESPONSE_RANGE.contains(&raw)
+            {
                 assert_eq!(kind, OpcodeKind::PeerReserved, "{raw:#x}");
             }
-            if Opcode::XDC_REQUEST_RANGE.contains(&raw) || Opcode::XDC_RESPONSE_RANGE.contains(&raw) {
+            if Opcode::XDC_REQUEST_RANGE.contains(&raw) || Opcode::XDC_RESPONSE_RANGE.contains(&raw)
+            {
                 assert_eq!(kind, OpcodeKind::XdcReserved, "{raw:#x}");
             }
         }

@@ -1,1 +1,137 @@
-//! client
+//! The client library: a runtime-free core, a blocking client and an async one.
+//!
+//! - [`core`]: configuration, the reconnect backoff and the mapping from
+//!   [`Response`](crate::Response)s to typed results. No I/O, no runtime.
+//! - [`blocking`]: [`blocking::Client`] on `std::net::TcpStream`, with a
+//!   low-level pipelined API (`send` many, `recv` in any order).
+//! - [`asynchronous`] (feature `tokio`): [`asynchronous::Client`], a cheap
+//!   `Clone` handle that many tasks share; their requests are pipelined on
+//!   one connection.
+//!
+//! Both clients speak HELLO first on every connection, match responses to
+//! requests by `request_id` (responses may come back out of order), give
+//! every request its own deadline, and after a broken connection connect
+//! again on the next request, trying each configured address in turn with a
+//! bounded exponential backoff.
+//!
+//! Not yet: ring awareness (sending each key straight to a replica from
+//! CLUSTERINFO); today a client talks to the first address that answers and
+//! the server coordinates.
+
+pub mod blocking;
+pub mod core;
+
+#[cfg(feature = "tokio")]
+pub mod asynchronous;
+
+pub use self::core::{ClientConfig, ServerHello};
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::error::{DecodeError, EncodeError, ErrorCode};
+use crate::message::Opcode;
+
+/// Why a client call failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No configured address accepted a connection and a HELLO.
+    #[error("cannot connect to any of {addresses:?} after {attempts} attempts: {last_error}")]
+    Connect {
+        /// The addresses tried.
+        addresses: Vec<String>,
+        /// Rounds over all addresses.
+        attempts: u32,
+        /// The last failure, as text.
+        last_error: String,
+    },
+    /// The server refused the HELLO (credentials, cluster name, version).
+    #[error("server refused HELLO with {code}: {message}")]
+    HelloRefused {
+        /// The server's code.
+        code: ErrorCode,
+        /// The server's reason.
+        message: String,
+    },
+    /// The server answered the request with an ERROR frame.
+    #[error("server error {code}: {message}")]
+    Server {
+        /// The server's code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// Reading or writing the socket failed; the connection was dropped.
+    #[error("connection i/o failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server closed the connection (or it was lost) with the request in flight.
+    #[error("connection closed with the request in flight")]
+    ConnectionClosed,
+    /// No response before the request's deadline.
+    #[error("request {request_id} timed out after {timeout:?}")]
+    Timeout {
+        /// The request that timed out.
+        request_id: u32,
+        /// The per-request timeout in force.
+        timeout: Duration,
+    },
+    /// The server sent bytes that do not decode; the connection was dropped.
+    #[error("server sent an undecodable frame: {0}")]
+    Decode(#[from] DecodeError),
+    /// The request breaks a limit and was not sent.
+    #[error("request not sent: {0}")]
+    Encode(#[from] EncodeError),
+    /// The server answered with a response of the wrong kind.
+    #[error("expected {expected}, server answered opcode {opcode}")]
+    UnexpectedResponse {
+        /// What the request called for.
+        expected: &'static str,
+        /// What came back.
+        opcode: Opcode,
+    },
+    /// A batch response does not hold one entry per request entry.
+    #[error("expected {expected} batch entries, server answered {found}")]
+    BatchMismatch {
+        /// Entries in the request.
+        expected: usize,
+        /// Entries in the response.
+        found: usize,
+    },
+    /// `recv` was asked for an id that is not in flight (never sent, already
+    /// received, timed out, or lost with a broken connection).
+    #[error("request {request_id} is not in flight")]
+    NotInFlight {
+        /// The id asked for.
+        request_id: u32,
+    },
+    /// `recv` was called with nothing in flight.
+    #[error("no request is in flight")]
+    NothingInFlight,
+    /// Too many requests are in flight on this client.
+    #[error("{in_flight} requests in flight, the limit is {in_flight_max}")]
+    TooManyInFlight {
+        /// Requests in flight.
+        in_flight: usize,
+        /// The configured limit.
+        in_flight_max: usize,
+    },
+}
+
+impl ClientError {
+    /// The server's error code, if the server sent one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } | ClientError::HelloRefused { code, .. } => {
+                Some(*code)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the connection was lost (a read may be retried on a new one).
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, ClientError::Io(_) | ClientError::ConnectionClosed)
+    }
+}
