@@ -1,0 +1,1 @@
+//! Benchmarks of Meridian against its peers.

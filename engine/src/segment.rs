@@ -1,0 +1,326 @@
+//! One segment file: its header, its map, appending and reading records.
+//!
+//! Invariants:
+//! - `data_end <= written <= map.len()`; bytes in `32..written` are records
+//!   and never change; bytes from `written` on are zero until appended;
+//! - a sealed segment ends with a seal record at `data_end` and takes no
+//!   more appends; `written == data_end + RECORD_HEADER_LEN` then;
+//! - `synced <= written`: bytes below `synced` are known durable.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::format::{
+    self, RecordError, RecordFields, RecordHeader, RecordKind, SEGMENT_HEADER_LEN,
+};
+use crate::fsutil::{preallocate, Preallocation};
+use crate::mapped::MappedFile;
+
+/// Bytes faulted in ahead of the appender at a time.
+const POPULATE_AHEAD_BYTES: u32 = 2 << 20;
+
+pub(crate) fn segment_path(directory: &Path, id: u32) -> PathBuf {
+    directory.join(format!("{id:08}.seg"))
+}
+
+pub(crate) fn hint_path(directory: &Path, id: u32) -> PathBuf {
+    directory.join(format!("{id:08}.hint"))
+}
+
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub id: u32,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    pub map: MappedFile,
+    pub header_checksum: u64,
+    pub written: u32,
+    pub data_end: u32,
+    pub sealed: bool,
+    pub synced: u32,
+    /// Bytes of records that are some key's newest version.
+    pub live_bytes: u64,
+    pub hinted: bool,
+    populated_to: u32,
+}
+
+/// What a scan of a segment's records found.
+#[derive(Debug)]
+pub(crate) struct ScanEnd {
+    /// Offset just past the last good data record.
+    pub data_end: u32,
+    /// Whether a seal record closed the segment.
+    pub sealed: bool,
+    /// The first bad record, if the scan stopped on one (not on zeros).
+    pub damage: Option<(u32, RecordError)>,
+}
+
+impl Segment {
+    /// Creates segment `id` at `path`, preallocated to `len` bytes and mapped.
+    pub(crate) fn create(
+        path: PathBuf,
+        id: u32,
+        len: u32,
+        how: Preallocation,
+        now_ms: u64,
+    ) -> Result<Segment> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io("create segment", &path, e))?;
+        if let Err(error) = preallocate(&file, &path, len as u64, how) {
+            let _ = std::fs::remove_file(&path);
+            return Err(error);
+        }
+        let mut map = MappedFile::map_writable(&file, len as usize)
+            .map_err(|e| Error::io("map segment", &path, e))?;
+        let header = format::encode_segment_header(id, now_ms);
+        map.write_at(0, &header);
+        let mut segment = Segment {
+            id,
+            path,
+            file: Arc::new(file),
+            map,
+            header_checksum: format::segment_header_checksum(&header),
+            written: SEGMENT_HEADER_LEN as u32,
+            data_end: SEGMENT_HEADER_LEN as u32,
+            sealed: false,
+            synced: 0,
+            live_bytes: 0,
+            hinted: false,
+            populated_to: 0,
+        };
+        segment.populate_ahead();
+        Ok(segment)
+    }
+
+    /// Opens an existing segment file and checks its header. Its records are
+    /// not read: the caller scans or loads a hint, then calls `set_extent`.
+    pub(crate) fn open(path: PathBuf, expected_id: u32, writable: bool) -> Result<Segment> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(&path)
+            .map_err(|e| Error::io("open segment", &path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat segment", &path, e))?
+            .len();
+        if len > u32::MAX as u64 {
+            return Err(Error::corrupt(
+                &path,
+                0,
+                format!("segment of {len} bytes exceeds 4 GiB"),
+            ));
+        }
+        let mut header = [0u8; SEGMENT_HEADER_LEN];
+        (&file)
+            .read_exact(&mut header)
+            .map_err(|_| Error::corrupt(&path, 0, "segment shorter than its header"))?;
+        let id = format::decode_segment_header(&header)
+            .map_err(|reason| Error::corrupt(&path, 0, reason))?;
+        if id != expected_id {
+            return Err(Error::corrupt(
+                &path,
+                12,
+                format!("header names segment {id}, file name {expected_id}"),
+            ));
+        }
+        let map = if writable {
+            MappedFile::map_writable(&file, len as usize)
+        } else {
+            MappedFile::map_read_only(&file, len as usize)
+        }
+        .map_err(|e| Error::io("map segment", &path, e))?;
+        Ok(Segment {
+            id,
+            path,
+            file: Arc::new(file),
+            map,
+            header_checksum: format::segment_header_checksum(&header),
+            written: SEGMENT_HEADER_LEN as u32,
+            data_end: SEGMENT_HEADER_LEN as u32,
+            sealed: false,
+            synced: 0,
+            live_bytes: 0,
+            hinted: false,
+            populated_to: 0,
+        })
+    }
+
+    /// Records what recovery learned of the segment's contents; everything
+    /// it finds on disk counts as synced.
+    pub(crate) fn set_extent(&mut self, data_end: u32, sealed: bool) {
+        assert!(data_end as usize >= SEGMENT_HEADER_LEN);
+        self.data_end = data_end;
+        self.sealed = sealed;
+        self.written = if sealed {
+            data_end + format::RECORD_HEADER_LEN as u32
+        } else {
+            data_end
+        };
+        assert!(self.written as usize <= self.map.len());
+        self.synced = self.written;
+        self.populated_to = self.written;
+    }
+
+    pub(crate) fn capacity(&self) -> u32 {
+        self.map.len() as u32
+    }
+
+    /// True when a record of `record_len` bytes and a seal after it still fit.
+    pub(crate) fn fits(&self, record_len: usize) -> bool {
+        !self.sealed
+            && self.written as usize + record_len + format::RECORD_HEADER_LEN <= self.map.len()
+    }
+
+    /// Appends a record; returns its offset. The caller checked `fits`.
+    pub(crate) fn append(&mut self, fields: &RecordFields<'_>) -> u32 {
+        assert!(
+            self.fits(fields.record_len()),
+            "append past the end of segment {}",
+            self.id
+        );
+        let offset = self.written;
+        let len = fields.record_len();
+        format::encode_record(fields, self.map.region_mut(offset as usize, len));
+        self.written += len as u32;
+        self.data_end = self.written;
+        if self.written + POPULATE_AHEAD_BYTES / 2 > self.populated_to {
+            self.populate_ahead();
+        }
+        offset
+    }
+
+    fn populate_ahead(&mut self) {
+        let start = self.populated_to.max(self.written);
+        self.map
+            .populate_for_write(start as usize, POPULATE_AHEAD_BYTES as usize);
+        self.populated_to = start
+            .saturating_add(POPULATE_AHEAD_BYTES)
+            .min(self.capacity());
+    }
+
+    /// Closes the segment with a seal record.
+    pub(crate) fn seal(&mut self) {
+        assert!(!self.sealed);
+        let fields = RecordFields {
+            kind: RecordKind::Seal,
+            key: &[],
+            value: &[],
+            version: crate::Version::default(),
+            expires_at: 0,
+        };
+        let data_end = self.written;
+        self.append(&fields);
+        self.data_end = data_end;
+        self.sealed = true;
+    }
+
+    /// Decodes and verifies the record at `offset`.
+    pub(crate) fn record_at(&self, offset: u32) -> Result<RecordHeader> {
+        if offset < SEGMENT_HEADER_LEN as u32 || offset >= self.written {
+            return Err(Error::corrupt(
+                &self.path,
+                offset as u64,
+                "record offset outside written data",
+            ));
+        }
+        let bytes = self.map.slice(offset as usize, self.written as usize);
+        format::decode_record(bytes)
+            .map_err(|reason| Error::corrupt(&self.path, offset as u64, reason.to_string()))
+    }
+
+    /// The key of the record at `offset`, read without checking the record's
+    /// checksum (for comparisons only; a wrong key just fails to match).
+    pub(crate) fn key_at(&self, offset: u32) -> Option<&[u8]> {
+        if offset >= self.written {
+            return None;
+        }
+        let bytes = self.map.slice(offset as usize, self.written as usize);
+        let header = format::decode_header(bytes).ok()?;
+        let start = format::RECORD_HEADER_LEN;
+        Some(&bytes[start..start + header.key_len as usize])
+    }
+
+    pub(crate) fn key_bytes(&self, offset: u32, header: &RecordHeader) -> &[u8] {
+        let start = offset as usize + format::RECORD_HEADER_LEN;
+        self.map.slice(start, start + header.key_len as usize)
+    }
+
+    /// The value of a verified record, sharing the map.
+    pub(crate) fn value_bytes(&self, offset: u32, header: &RecordHeader) -> Bytes {
+        let start = offset as usize + format::RECORD_HEADER_LEN + header.key_len as usize;
+        self.map.bytes(start, start + header.value_len as usize)
+    }
+
+    pub(crate) fn key_shared(&self, offset: u32, header: &RecordHeader) -> Bytes {
+        let start = offset as usize + format::RECORD_HEADER_LEN;
+        self.map.bytes(start, start + header.key_len as usize)
+    }
+
+    /// Walks the records from the header on, calling `visit` for each good
+    /// data record, until zeros, a seal, a bad record or the end of the map.
+    pub(crate) fn scan(&self, mut visit: impl FnMut(u32, &RecordHeader)) -> ScanEnd {
+        let mut offset = SEGMENT_HEADER_LEN as u32;
+        let end = self.map.len();
+        loop {
+            let bytes = self.map.slice(offset as usize, end);
+            match format::decode_record(bytes) {
+                Ok(header) if header.kind == RecordKind::Seal => {
+                    return ScanEnd {
+                        data_end: offset,
+                        sealed: true,
+                        damage: None,
+                    };
+                }
+                Ok(header) => {
+                    visit(offset, &header);
+                    offset += header.record_len() as u32;
+                }
+                Err(RecordError::EndOfData) => {
+                    return ScanEnd {
+                        data_end: offset,
+                        sealed: false,
+                        damage: None,
+                    }
+                }
+                Err(RecordError::Truncated) if bytes.iter().all(|&b| b == 0) => {
+                    return ScanEnd {
+                        data_end: offset,
+                        sealed: false,
+                        damage: None,
+                    };
+                }
+                Err(error) => {
+                    return ScanEnd {
+                        data_end: offset,
+                        sealed: false,
+                        damage: Some((offset, error)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Zeroes `from..` to the end of the map and syncs it: recovery's cut of a
+    /// torn tail, so no stale record can ever reappear after new appends.
+    pub(crate) fn zero_tail(&mut self, from: u32) -> Result<()> {
+        let len = self.map.len() - from as usize;
+        let region = self.map.region_mut(from as usize, len);
+        if region.iter().any(|&b| b != 0) {
+            region.fill(0);
+            self.file
+                .sync_data()
+                .map_err(|e| Error::io("fdatasync cut segment", &self.path, e))?;
+        }
+        Ok(())
+    }
+}
