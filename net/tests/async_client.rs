@@ -34,17 +34,36 @@ async fn typed_operations_round_trip() {
     assert_eq!(client.get(b"k").await.expect("get"), None);
     let version = client.put(b"k", b"v").await.expect("put");
     let entry = client.get(b"k").await.expect("get").expect("found");
-    assert_eq!((entry.version, entry.value), (version, Bytes::from_static(b"v")));
-    client.put_with_ttl(b"t", b"x", Duration::from_secs(10)).await.expect("ttl");
+    assert_eq!(
+        (entry.version, entry.value),
+        (version, Bytes::from_static(b"v"))
+    );
+    client
+        .put_with_ttl(b"t", b"x", Duration::from_secs(10))
+        .await
+        .expect("ttl");
     client.delete(b"k").await.expect("delete");
     assert_eq!(client.get(b"k").await.expect("get"), None);
-    let versions = client.mput(&[(b"a", b"1"), (b"b", b"2")]).await.expect("mput");
+    let versions = client
+        .mput(&[(b"a", b"1"), (b"b", b"2")])
+        .await
+        .expect("mput");
     assert_eq!(versions.len(), 2);
-    let entries = client.mget(&[b"a".as_slice(), b"zz", b"b"]).await.expect("mget");
-    assert_eq!(entries.iter().map(Option::is_some).collect::<Vec<_>>(), vec![true, false, true]);
+    let entries = client
+        .mget(&[b"a".as_slice(), b"zz", b"b"])
+        .await
+        .expect("mget");
+    assert_eq!(
+        entries.iter().map(Option::is_some).collect::<Vec<_>>(),
+        vec![true, false, true]
+    );
     client.ping().await.expect("ping");
     assert!(client.buildinfo().await.expect("info").contains("build"));
-    assert!(client.clusterinfo().await.expect("info").contains("cluster"));
+    assert!(client
+        .clusterinfo()
+        .await
+        .expect("info")
+        .contains("cluster"));
     assert!(client.nodehealth().await.expect("info").contains("health"));
     assert!(client.stats().await.expect("info").contains("stats"));
 }
@@ -94,13 +113,20 @@ async fn a_broken_connection_is_replaced() {
     client.ping().await.expect("ping on a new connection");
     // close-once: the read is retried once on a new connection and succeeds.
     assert_eq!(client.get(b"close-once").await.expect("retried read"), None);
-    assert!(server.connections() >= 3, "connections: {}", server.connections());
+    assert!(
+        server.connections() >= 3,
+        "connections: {}",
+        server.connections()
+    );
 }
 
 #[tokio::test]
 async fn hello_refusal_is_reported() {
     let server = FakeServer::start();
-    let wrong = ClientConfig { cluster: "other".to_owned(), ..config(&server) };
+    let wrong = ClientConfig {
+        cluster: "other".to_owned(),
+        ..config(&server)
+    };
     let error = Client::connect(wrong).await.expect_err("refused");
     assert_eq!(error.code(), Some(ErrorCode::ClusterMismatch));
     assert!(error.to_string().contains("other"));

@@ -36,7 +36,9 @@ fn typed_operations_round_trip() {
     let entry = client.get(b"k").expect("get").expect("found");
     assert_eq!(entry.value, Bytes::from_static(b"v1"));
     assert_eq!(entry.version, version);
-    let ttl_version = client.put_with_ttl(b"k", b"v2", Duration::from_millis(1500)).expect("put ttl");
+    let ttl_version = client
+        .put_with_ttl(b"k", b"v2", Duration::from_millis(1500))
+        .expect("put ttl");
     assert!(ttl_version > version);
     let tombstone = client.delete(b"k").expect("delete");
     assert!(tombstone > ttl_version);
@@ -44,13 +46,28 @@ fn typed_operations_round_trip() {
 
     let versions = client.mput(&[(b"a", b"1"), (b"b", b"2")]).expect("mput");
     assert_eq!(versions.len(), 2);
-    let entries = client.mget(&[b"a".as_slice(), b"missing", b"b"]).expect("mget");
-    let values: Vec<_> = entries.iter().map(|entry| entry.as_ref().map(|entry| entry.value.clone())).collect();
-    assert_eq!(values, vec![Some(Bytes::from_static(b"1")), None, Some(Bytes::from_static(b"2"))]);
+    let entries = client
+        .mget(&[b"a".as_slice(), b"missing", b"b"])
+        .expect("mget");
+    let values: Vec<_> = entries
+        .iter()
+        .map(|entry| entry.as_ref().map(|entry| entry.value.clone()))
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            Some(Bytes::from_static(b"1")),
+            None,
+            Some(Bytes::from_static(b"2"))
+        ]
+    );
 
     client.ping().expect("ping");
     assert!(client.buildinfo().expect("buildinfo").contains("build"));
-    assert!(client.clusterinfo().expect("clusterinfo").contains("cluster"));
+    assert!(client
+        .clusterinfo()
+        .expect("clusterinfo")
+        .contains("cluster"));
     assert!(client.nodehealth().expect("nodehealth").contains("health"));
     assert!(client.stats().expect("stats").contains("stats"));
 }
@@ -72,13 +89,19 @@ fn pipelined_requests_match_by_id_in_any_order() {
     assert_eq!(client.in_flight(), 200);
     // Receive in an order unrelated to the server's (reverse) order.
     for id in ids.iter().step_by(2).chain(ids.iter().skip(1).step_by(2)) {
-        assert!(matches!(client.recv(*id).expect("recv"), Response::Written { .. }));
+        assert!(matches!(
+            client.recv(*id).expect("recv"),
+            Response::Written { .. }
+        ));
     }
     assert_eq!(client.in_flight(), 0);
 
     let mut sent = HashSet::new();
     for index in 0..50u32 {
-        let request = Request::Get { key: Bytes::from(format!("key-{index}")), read_quorum: None };
+        let request = Request::Get {
+            key: Bytes::from(format!("key-{index}")),
+            read_quorum: None,
+        };
         sent.insert(client.send(&request).expect("send"));
     }
     let mut received = HashSet::new();
@@ -88,7 +111,10 @@ fn pipelined_requests_match_by_id_in_any_order() {
         assert!(received.insert(id), "id {id} received twice");
     }
     assert_eq!(received, sent);
-    assert!(matches!(client.recv_any(), Err(ClientError::NothingInFlight)));
+    assert!(matches!(
+        client.recv_any(),
+        Err(ClientError::NothingInFlight)
+    ));
 }
 
 #[test]
@@ -97,11 +123,16 @@ fn raw_frames_for_a_load_generator() {
     let mut client = Client::connect(config(&server)).expect("connect");
     let first = client.send_raw(Opcode::PING, &[]).expect("send");
     let second = client.send(&Request::Ping).expect("send");
-    let mut ids = vec![client.recv_frame().expect("frame"), client.recv_frame().expect("frame")];
+    let mut ids = [
+        client.recv_frame().expect("frame"),
+        client.recv_frame().expect("frame"),
+    ];
     ids.sort_by_key(|frame| frame.request_id);
     assert_eq!(ids[0].request_id, first);
     assert_eq!(ids[1].request_id, second);
-    assert!(ids.iter().all(|frame| frame.opcode == Opcode::PONG && frame.body.is_empty()));
+    assert!(ids
+        .iter()
+        .all(|frame| frame.opcode == Opcode::PONG && frame.body.is_empty()));
 }
 
 #[test]
@@ -118,14 +149,26 @@ fn a_silent_server_times_out_and_the_client_keeps_working() {
 fn a_broken_connection_is_replaced() {
     let server = FakeServer::start();
     let mut client = Client::connect(config(&server)).expect("connect");
-    client.put(b"close-once", b"x").expect_err("server closed the connection");
+    client
+        .put(b"close-once", b"x")
+        .expect_err("server closed the connection");
     // A read is retried once on a new connection; a write is not.
     let error = client.put(b"close-always", b"x").expect_err("closed again");
     assert!(error.is_connection_lost(), "{error}");
     client.ping().expect("ping on a new connection");
-    assert_eq!(client.get(b"close-always").map_err(|error| error.is_connection_lost()).err(), Some(true));
+    assert_eq!(
+        client
+            .get(b"close-always")
+            .map_err(|error| error.is_connection_lost())
+            .err(),
+        Some(true)
+    );
     client.ping().expect("ping again");
-    assert!(server.connections() >= 4, "connections: {}", server.connections());
+    assert!(
+        server.connections() >= 4,
+        "connections: {}",
+        server.connections()
+    );
 }
 
 #[test]
@@ -135,16 +178,24 @@ fn server_errors_carry_code_and_message() {
     let error = client.get(b"fail").expect_err("server error");
     assert_eq!(error.code(), Some(ErrorCode::StorageError));
     assert!(error.to_string().contains("disk on fire"));
-    client.ping().expect("connection kept after an error response");
+    client
+        .ping()
+        .expect("connection kept after an error response");
 }
 
 #[test]
 fn hello_refusals_are_reported_without_retrying() {
     let server = FakeServer::start();
-    let wrong_cluster = ClientConfig { cluster: "other".to_owned(), ..config(&server) };
+    let wrong_cluster = ClientConfig {
+        cluster: "other".to_owned(),
+        ..config(&server)
+    };
     let error = Client::connect(wrong_cluster).expect_err("refused");
     assert_eq!(error.code(), Some(ErrorCode::ClusterMismatch));
-    let bad_credentials = ClientConfig { credentials: Some(Bytes::from_static(b"bad")), ..config(&server) };
+    let bad_credentials = ClientConfig {
+        credentials: Some(Bytes::from_static(b"bad")),
+        ..config(&server)
+    };
     let error = Client::connect(bad_credentials).expect_err("refused");
     assert_eq!(error.code(), Some(ErrorCode::AuthFailed));
     assert_eq!(server.connections(), 2, "a refusal must not be retried");
@@ -174,7 +225,10 @@ fn fails_over_to_the_next_address() {
         listener.local_addr().expect("addr").to_string()
     };
     let server = FakeServer::start();
-    let config = ClientConfig { addresses: vec![dead, server.address.clone()], ..config(&server) };
+    let config = ClientConfig {
+        addresses: vec![dead, server.address.clone()],
+        ..config(&server)
+    };
     let mut client = Client::connect(config).expect("second address");
     client.ping().expect("ping");
 }
@@ -182,9 +236,12 @@ fn fails_over_to_the_next_address() {
 #[test]
 fn oversized_requests_are_refused_before_sending() {
     let server = FakeServer::start();
-    let mut limits = meridian_net::Limits::default();
-    limits.value_bytes_max = 8;
-    let mut client = Client::connect(ClientConfig { limits, ..config(&server) }).expect("connect");
+    let limits = meridian_net::Limits { value_bytes_max: 8, ..Default::default() };
+    let mut client = Client::connect(ClientConfig {
+        limits,
+        ..config(&server)
+    })
+    .expect("connect");
     let error = client.put(b"k", &[0u8; 9]).expect_err("too large");
     assert!(matches!(error, ClientError::Encode(_)), "{error}");
     assert_eq!(client.in_flight(), 0);

@@ -33,21 +33,47 @@ fn request() -> impl Strategy<Value = Request> {
         "[a-z0-9-]{0,20}",
         option::of(bytes(40)),
     )
-        .prop_map(|(protocol_version, role, cluster, datacenter, credentials)| {
-            Request::Hello(Hello { protocol_version, role, cluster, datacenter, credentials })
-        });
+        .prop_map(
+            |(protocol_version, role, cluster, datacenter, credentials)| {
+                Request::Hello(Hello {
+                    protocol_version,
+                    role,
+                    cluster,
+                    datacenter,
+                    credentials,
+                })
+            },
+        );
     prop_oneof![
         hello,
         Just(Request::Ping),
-        (bytes(40), option::of(any::<u8>())).prop_map(|(key, read_quorum)| Request::Get { key, read_quorum }),
-        (bytes(40), bytes(100), option::of(any::<u32>()), option::of(any::<u8>())).prop_map(
-            |(key, value, ttl_seconds, write_quorum)| Request::Put { key, value, ttl_seconds, write_quorum }
-        ),
-        (bytes(40), option::of(any::<u8>())).prop_map(|(key, write_quorum)| Request::Delete { key, write_quorum }),
+        (bytes(40), option::of(any::<u8>()))
+            .prop_map(|(key, read_quorum)| Request::Get { key, read_quorum }),
+        (
+            bytes(40),
+            bytes(100),
+            option::of(any::<u32>()),
+            option::of(any::<u8>())
+        )
+            .prop_map(|(key, value, ttl_seconds, write_quorum)| Request::Put {
+                key,
+                value,
+                ttl_seconds,
+                write_quorum
+            }),
+        (bytes(40), option::of(any::<u8>()))
+            .prop_map(|(key, write_quorum)| Request::Delete { key, write_quorum }),
         vec(bytes(20), 0..8).prop_map(|keys| Request::MultiGet { keys }),
-        (vec((bytes(20), bytes(40)), 0..8), option::of(any::<u32>()), option::of(any::<u8>())).prop_map(
-            |(entries, ttl_seconds, write_quorum)| Request::MultiPut { entries, ttl_seconds, write_quorum }
-        ),
+        (
+            vec((bytes(20), bytes(40)), 0..8),
+            option::of(any::<u32>()),
+            option::of(any::<u8>())
+        )
+            .prop_map(|(entries, ttl_seconds, write_quorum)| Request::MultiPut {
+                entries,
+                ttl_seconds,
+                write_quorum
+            }),
         Just(Request::BuildInfo),
         Just(Request::ClusterInfo),
         Just(Request::NodeHealth),
@@ -78,7 +104,11 @@ fn response() -> impl Strategy<Value = Response> {
 }
 
 /// Feeds `input` in chunks of `chunk` bytes; returns frames and the first error.
-fn drive(input: &[u8], chunk: usize, limits: Limits) -> (Vec<Frame>, Option<meridian_net::DecodeError>) {
+fn drive(
+    input: &[u8],
+    chunk: usize,
+    limits: Limits,
+) -> (Vec<Frame>, Option<meridian_net::DecodeError>) {
     let mut decoder = Decoder::new(limits);
     let mut buf = BytesMut::new();
     let mut frames = Vec::new();
@@ -102,7 +132,13 @@ fn assert_sensible(error: &meridian_net::DecodeError) {
 }
 
 fn small_limits() -> Limits {
-    Limits { frame_bytes_max: 4096, key_bytes_max: 32, value_bytes_max: 64, batch_keys_max: 6, ..Limits::default() }
+    Limits {
+        frame_bytes_max: 4096,
+        key_bytes_max: 32,
+        value_bytes_max: 64,
+        batch_keys_max: 6,
+        ..Limits::default()
+    }
 }
 
 proptest! {
@@ -203,23 +239,38 @@ fn limits_are_enforced_on_decode() {
         ttl_seconds: None,
         write_quorum: None,
     };
-    Encoder::default().encode(1, &big, &mut wire).expect("encode");
-    let frame = Decoder::default().decode(&mut wire).expect("ok").expect("frame");
+    Encoder::default()
+        .encode(1, &big, &mut wire)
+        .expect("encode");
+    let frame = Decoder::default()
+        .decode(&mut wire)
+        .expect("ok")
+        .expect("frame");
     let error = frame.request(&small_limits()).expect_err("key too large");
     assert_eq!(error.code(), ErrorCode::KeyTooLarge);
     assert!(error.to_string().contains("40"), "{error}");
 
     let keys = (0..7).map(|_| Bytes::from_static(b"k")).collect();
     let mut wire = BytesMut::new();
-    Encoder::default().encode(2, &Request::MultiGet { keys }, &mut wire).expect("encode");
-    let frame = Decoder::default().decode(&mut wire).expect("ok").expect("frame");
-    assert_eq!(frame.request(&small_limits()).expect_err("batch").code(), ErrorCode::BatchTooLarge);
+    Encoder::default()
+        .encode(2, &Request::MultiGet { keys }, &mut wire)
+        .expect("encode");
+    let frame = Decoder::default()
+        .decode(&mut wire)
+        .expect("ok")
+        .expect("frame");
+    assert_eq!(
+        frame.request(&small_limits()).expect_err("batch").code(),
+        ErrorCode::BatchTooLarge
+    );
 }
 
 #[test]
 fn header_errors_name_their_codes() {
     let mut good = BytesMut::new();
-    Encoder::default().encode(5, &Request::Ping, &mut good).expect("encode");
+    Encoder::default()
+        .encode(5, &Request::Ping, &mut good)
+        .expect("encode");
     let cases: [(usize, u8, ErrorCode); 5] = [
         (0, b'X', ErrorCode::BadMagic),
         (2, 2, ErrorCode::UnsupportedVersion),
@@ -230,13 +281,18 @@ fn header_errors_name_their_codes() {
     for (offset, byte, code) in cases {
         let mut wire = good.clone();
         wire[offset] = byte;
-        let error = Decoder::default().decode(&mut wire).expect_err("bad header");
+        let error = Decoder::default()
+            .decode(&mut wire)
+            .expect_err("bad header");
         assert_eq!(error.code(), code, "offset {offset}: {error}");
     }
     // A reserved peer opcode passes the frame decoder but not message decoding.
     let mut wire = good.clone();
     wire[3] = meridian_net::Opcode::PEER_HEARTBEAT.0;
-    let frame = Decoder::default().decode(&mut wire).expect("ok").expect("frame");
+    let frame = Decoder::default()
+        .decode(&mut wire)
+        .expect("ok")
+        .expect("frame");
     let error = frame.request(&Limits::default()).expect_err("reserved");
     assert_eq!(error.code(), ErrorCode::UnknownOpcode);
     assert!(error.to_string().contains("reserved for peer"), "{error}");

@@ -53,7 +53,11 @@ impl FakeServer {
         let state = Arc::new(State::default());
         let accept_state = Arc::clone(&state);
         let acceptor = std::thread::spawn(move || accept_loop(listener, accept_state));
-        FakeServer { address, state, acceptor: Some(acceptor) }
+        FakeServer {
+            address,
+            state,
+            acceptor: Some(acceptor),
+        }
     }
 
     /// Connections accepted so far (HELLO or not).
@@ -109,7 +113,14 @@ fn serve(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
         let read = match stream.read(&mut chunk) {
             Ok(0) => return Ok(()),
             Ok(read) => read,
-            Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
             Err(error) => return Err(error),
         };
         input.extend_from_slice(&chunk[..read]);
@@ -148,14 +159,18 @@ fn serve(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
             };
             match outcome {
                 Outcome::Answer(response) => {
-                    encoder.encode(frame.request_id, &response, &mut output).expect("encode");
+                    encoder
+                        .encode(frame.request_id, &response, &mut output)
+                        .expect("encode");
                 }
                 Outcome::Silent => {}
                 Outcome::Close => return Ok(()),
             }
         }
         if let Some((request_id, response)) = fatal {
-            encoder.encode(request_id, &response, &mut output).expect("encode");
+            encoder
+                .encode(request_id, &response, &mut output)
+                .expect("encode");
             close = true;
         }
         stream.write_all(&output)?;
@@ -167,16 +182,25 @@ fn serve(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
 }
 
 fn error(code: ErrorCode, message: &str) -> Response {
-    Response::Error { code, message: message.to_owned() }
+    Response::Error {
+        code,
+        message: message.to_owned(),
+    }
 }
 
 fn answer_hello(hello: &meridian_net::Hello) -> (Outcome, bool) {
     if hello.cluster != CLUSTER {
         let message = format!("cluster is {CLUSTER:?}, not {:?}", hello.cluster);
-        return (Outcome::Answer(error(ErrorCode::ClusterMismatch, &message)), false);
+        return (
+            Outcome::Answer(error(ErrorCode::ClusterMismatch, &message)),
+            false,
+        );
     }
     if hello.credentials.as_deref() == Some(b"bad".as_slice()) {
-        return (Outcome::Answer(error(ErrorCode::AuthFailed, "bad credentials")), false);
+        return (
+            Outcome::Answer(error(ErrorCode::AuthFailed, "bad credentials")),
+            false,
+        );
     }
     let response = Response::HelloOk {
         protocol_version: meridian_net::PROTOCOL_VERSION,
@@ -192,17 +216,25 @@ fn special(key: &[u8], state: &State) -> Option<Outcome> {
         b"silent" => Some(Outcome::Silent),
         b"close-always" => Some(Outcome::Close),
         b"close-once" if !state.closed_once.swap(true, Ordering::SeqCst) => Some(Outcome::Close),
-        b"fail" => Some(Outcome::Answer(error(ErrorCode::StorageError, "disk on fire"))),
+        b"fail" => Some(Outcome::Answer(error(
+            ErrorCode::StorageError,
+            "disk on fire",
+        ))),
         _ => None,
     }
 }
 
 fn next_version(state: &State) -> Version {
-    Version { hlc: state.hlc.fetch_add(1, Ordering::SeqCst) + 1, origin: 7 }
+    Version {
+        hlc: state.hlc.fetch_add(1, Ordering::SeqCst) + 1,
+        origin: 7,
+    }
 }
 
 fn answer(request: Request, state: &State) -> Outcome {
-    if let Request::Get { key, .. } | Request::Delete { key, .. } | Request::Put { key, .. } = &request {
+    if let Request::Get { key, .. } | Request::Delete { key, .. } | Request::Put { key, .. } =
+        &request
+    {
         if let Some(outcome) = special(key, state) {
             return outcome;
         }
@@ -220,7 +252,9 @@ fn answer(request: Request, state: &State) -> Outcome {
         }
         Request::Delete { key, .. } => {
             store.remove(&key);
-            Response::Written { version: next_version(state) }
+            Response::Written {
+                version: next_version(state),
+            }
         }
         Request::MultiGet { keys } => Response::Values {
             entries: keys.iter().map(|key| store.get(key).cloned()).collect(),
@@ -235,10 +269,18 @@ fn answer(request: Request, state: &State) -> Outcome {
             Response::WrittenMany { versions }
         }
         Request::Ping => Response::Pong,
-        Request::BuildInfo => Response::Info { json: r#"{"info":"build"}"#.to_owned() },
-        Request::ClusterInfo => Response::Info { json: r#"{"info":"cluster"}"#.to_owned() },
-        Request::NodeHealth => Response::Info { json: r#"{"info":"health"}"#.to_owned() },
-        Request::Stats => Response::Info { json: r#"{"info":"stats"}"#.to_owned() },
+        Request::BuildInfo => Response::Info {
+            json: r#"{"info":"build"}"#.to_owned(),
+        },
+        Request::ClusterInfo => Response::Info {
+            json: r#"{"info":"cluster"}"#.to_owned(),
+        },
+        Request::NodeHealth => Response::Info {
+            json: r#"{"info":"health"}"#.to_owned(),
+        },
+        Request::Stats => Response::Info {
+            json: r#"{"info":"stats"}"#.to_owned(),
+        },
         other => error(ErrorCode::UnknownOpcode, &format!("not served: {other:?}")),
     };
     Outcome::Answer(response)
