@@ -181,10 +181,16 @@ impl Segment {
             && self.written as usize + record_len + format::RECORD_HEADER_LEN <= self.map.len()
     }
 
-    /// Appends a record; returns its offset. The caller checked `fits`.
+    /// Appends a record; returns its offset. The caller checked `fits`
+    /// (a seal record takes the room every earlier `fits` kept for it).
     pub(crate) fn append(&mut self, fields: &RecordFields<'_>) -> u32 {
+        let room_needed = if fields.kind == RecordKind::Seal {
+            fields.record_len()
+        } else {
+            fields.record_len() + format::RECORD_HEADER_LEN
+        };
         assert!(
-            self.fits(fields.record_len()),
+            !self.sealed && self.written as usize + room_needed <= self.map.len(),
             "append past the end of segment {}",
             self.id
         );
