@@ -11,6 +11,28 @@
 //! applications on tokio or plain threads can use the client. The server in
 //! `node` drives the same codec from its own executors.
 //!
+//! How a server drives the codec (the client does the mirror image):
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use meridian_net::{Decoder, Encoder, Request, Response};
+//!
+//! let (mut decoder, encoder) = (Decoder::default(), Encoder::default());
+//! let mut input = BytesMut::new(); // bytes read from the socket are appended here
+//! encoder.encode(7, &Request::Ping, &mut input).expect("fits the limits");
+//! let mut output = BytesMut::new(); // bytes to write back
+//! while let Some(frame) = decoder.decode(&mut input).expect("a bad header: answer ERROR, close") {
+//!     let response = match frame.request(decoder.limits()) {
+//!         Ok(Request::Ping) => Response::Pong,
+//!         Ok(_) => unimplemented!(),
+//!         // A bad body: answer with the error's code and message, then close.
+//!         Err(error) => Response::from_decode_error(&error),
+//!     };
+//!     encoder.encode(frame.request_id, &response, &mut output).expect("fits");
+//! }
+//! assert_eq!(output.len(), meridian_net::HEADER_LEN);
+//! ```
+//!
 //! Invariants kept by the whole crate:
 //! - Decoding never panics on any input and checks every length against a
 //!   limit before it allocates or slices.

@@ -236,7 +236,10 @@ fn fails_over_to_the_next_address() {
 #[test]
 fn oversized_requests_are_refused_before_sending() {
     let server = FakeServer::start();
-    let limits = meridian_net::Limits { value_bytes_max: 8, ..Default::default() };
+    let limits = meridian_net::Limits {
+        value_bytes_max: 8,
+        ..Default::default()
+    };
     let mut client = Client::connect(ClientConfig {
         limits,
         ..config(&server)
