@@ -1,0 +1,136 @@
+//! `meridian cli`: talk to a node from a shell.
+//!
+//! Info commands print the server's JSON; `get` prints the value's bytes
+//! followed by a newline, or nothing with exit status 1 when the key is
+//! absent; any error prints the server's (or the connection's) message on
+//! stderr and exits 2.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use meridian_net::client::blocking::Client;
+use meridian_net::client::ClientConfig;
+
+#[derive(Debug, Args)]
+pub struct CliArgs {
+    /// Address of any node.
+    #[arg(long, default_value = "127.0.0.1:7411")]
+    pub addr: String,
+    /// Cluster name to expect.
+    #[arg(long, default_value = "meridian")]
+    pub cluster: String,
+    /// Shared secret, when the node requires one.
+    #[arg(long)]
+    pub secret: Option<String>,
+    /// Seconds to wait for each request.
+    #[arg(long, default_value_t = 10)]
+    pub timeout_s: u64,
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Write a value.
+    Put {
+        key: String,
+        value: String,
+        /// Expire after this many seconds.
+        #[arg(long)]
+        ttl: Option<u32>,
+    },
+    /// Read a value (exit 1 when absent).
+    Get {
+        key: String,
+    },
+    /// Delete a key.
+    Del {
+        key: String,
+    },
+    Ping,
+    Buildinfo,
+    Clusterinfo,
+    Nodehealth,
+    Stats,
+}
+
+/// Runs a CLI command; returns the process exit status.
+pub fn run(args: CliArgs) -> i32 {
+    let mut config = ClientConfig::new(args.addr.clone());
+    config.cluster = args.cluster.clone();
+    config.credentials = args
+        .secret
+        .as_ref()
+        .map(|s| bytes::Bytes::from(s.clone().into_bytes()));
+    config.request_timeout = Duration::from_secs(args.timeout_s);
+    config.connect_timeout = Duration::from_secs(args.timeout_s);
+    let mut client = match Client::connect(config) {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("meridian cli: {error}");
+            return 2;
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    let outcome = match args.command {
+        CliCommand::Put { key, value, ttl } => match ttl {
+            Some(ttl) => client.put_with_ttl(
+                key.as_bytes(),
+                value.as_bytes(),
+                Duration::from_secs(ttl as u64),
+            ),
+            None => client.put(key.as_bytes(), value.as_bytes()),
+        }
+        .map(|version| {
+            let _ = writeln!(
+                stdout,
+                "{{\"hlc\":{},\"origin\":{}}}",
+                version.hlc, version.origin
+            );
+            0
+        }),
+        CliCommand::Get { key } => client.get(key.as_bytes()).map(|found| match found {
+            Some(entry) => {
+                let _ = stdout.write_all(&entry.value);
+                let _ = stdout.write_all(b"\n");
+                0
+            }
+            None => 1,
+        }),
+        CliCommand::Del { key } => client.delete(key.as_bytes()).map(|version| {
+            let _ = writeln!(
+                stdout,
+                "{{\"hlc\":{},\"origin\":{}}}",
+                version.hlc, version.origin
+            );
+            0
+        }),
+        CliCommand::Ping => client.ping().map(|()| {
+            let _ = writeln!(stdout, "PONG");
+            0
+        }),
+        CliCommand::Buildinfo => client
+            .buildinfo()
+            .map(|json| print_json(&mut stdout, &json)),
+        CliCommand::Clusterinfo => client
+            .clusterinfo()
+            .map(|json| print_json(&mut stdout, &json)),
+        CliCommand::Nodehealth => client
+            .nodehealth()
+            .map(|json| print_json(&mut stdout, &json)),
+        CliCommand::Stats => client.stats().map(|json| print_json(&mut stdout, &json)),
+    };
+    match outcome {
+        Ok(status) => status,
+        Err(error) => {
+            eprintln!("meridian cli: {error}");
+            2
+        }
+    }
+}
+
+fn print_json(out: &mut impl Write, json: &str) -> i32 {
+    let _ = writeln!(out, "{json}");
+    0
+}

@@ -1,0 +1,293 @@
+//! The server's configuration: one TOML file, every field with a default.
+//!
+//! `meridian server` with no file runs a single node on 127.0.0.1 with data
+//! in `./meridian-data`. Unknown fields and bad values are refused with a
+//! message naming the field (serde's `deny_unknown_fields` plus
+//! [`Config::validate`]). `meridian.example.toml` at the repository root
+//! documents every field.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// When writes reach the disk (see the engine's `Durability`).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    None,
+    Periodic,
+    Sync,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeSection,
+    pub storage: StorageSection,
+    pub limits: LimitsSection,
+    pub runtime: RuntimeSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Client and peer address (every shard listens on it, SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// Prometheus metrics over HTTP; empty string disables.
+    pub metrics_listen: String,
+    pub cluster: String,
+    pub datacenter: String,
+    /// 0..=255: part of every version's origin.
+    pub datacenter_id: u8,
+    pub node_id: u16,
+    /// A secret clients must present in HELLO; empty = no authentication.
+    pub secret: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    pub data_dir: PathBuf,
+    /// Ring size: a power of two from 8 to 65536.
+    pub partitions: u32,
+    pub durability: DurabilityMode,
+    /// With `durability = "periodic"`: how often to sync.
+    pub sync_interval_ms: u32,
+    pub segment_bytes: u32,
+    pub compaction_dead_fraction: f64,
+    pub tombstone_grace_s: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub connections_max: usize,
+    /// Frames read and not yet answered on one connection.
+    pub requests_in_flight_max: usize,
+    pub key_bytes_max: u32,
+    pub value_bytes_max: u32,
+    pub frame_bytes_max: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Shard executors; 0 = one per core minus one (reserved for XDC), at least 1.
+    pub shards: usize,
+    /// Pin each shard to a core.
+    pub pin: bool,
+    /// First CPU to pin to when `pin` is true.
+    pub first_cpu: usize,
+    /// io_uring buffer memory per executor (the locked-memory limit is often 8 MiB).
+    pub io_memory_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            node: NodeSection::default(),
+            storage: StorageSection::default(),
+            limits: LimitsSection::default(),
+            runtime: RuntimeSection::default(),
+        }
+    }
+}
+
+impl Default for NodeSection {
+    fn default() -> NodeSection {
+        NodeSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7411)),
+            metrics_listen: "127.0.0.1:7412".to_string(),
+            cluster: "meridian".to_string(),
+            datacenter: "dc1".to_string(),
+            datacenter_id: 1,
+            node_id: 1,
+            secret: String::new(),
+        }
+    }
+}
+
+impl Default for StorageSection {
+    fn default() -> StorageSection {
+        StorageSection {
+            data_dir: PathBuf::from("meridian-data"),
+            partitions: 256,
+            durability: DurabilityMode::Periodic,
+            sync_interval_ms: 100,
+            segment_bytes: 32 << 20,
+            compaction_dead_fraction: 0.5,
+            tombstone_grace_s: 24 * 3600,
+        }
+    }
+}
+
+impl Default for LimitsSection {
+    fn default() -> LimitsSection {
+        LimitsSection {
+            connections_max: 10_000,
+            requests_in_flight_max: 1024,
+            key_bytes_max: u16::MAX as u32,
+            value_bytes_max: 16 << 20,
+            frame_bytes_max: 32 << 20,
+        }
+    }
+}
+
+impl Default for RuntimeSection {
+    fn default() -> RuntimeSection {
+        RuntimeSection {
+            shards: 0,
+            pin: false,
+            first_cpu: 0,
+            io_memory_bytes: 1 << 20,
+        }
+    }
+}
+
+/// A configuration the server cannot run with.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {field}: {reason}")]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Parses TOML text; unknown fields are refused by name.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| invalid("(file)", e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let partitions = self.storage.partitions;
+        if !(8..=65536).contains(&partitions) || !partitions.is_power_of_two() {
+            return Err(invalid(
+                "storage.partitions",
+                format!("{partitions} is not a power of two from 8 to 65536"),
+            ));
+        }
+        if self.storage.durability == DurabilityMode::Periodic && self.storage.sync_interval_ms == 0
+        {
+            return Err(invalid(
+                "storage.sync_interval_ms",
+                "must be at least 1 with durability = \"periodic\"",
+            ));
+        }
+        if self.limits.key_bytes_max == 0 || self.limits.key_bytes_max > u16::MAX as u32 {
+            return Err(invalid("limits.key_bytes_max", "must be in 1..=65535"));
+        }
+        if self.limits.value_bytes_max > 16 << 20 {
+            return Err(invalid(
+                "limits.value_bytes_max",
+                "must be at most 16 MiB (16777216)",
+            ));
+        }
+        let frame_needed =
+            self.limits.key_bytes_max as u64 + self.limits.value_bytes_max as u64 + 64;
+        if (self.limits.frame_bytes_max as u64) < frame_needed {
+            return Err(invalid(
+                "limits.frame_bytes_max",
+                format!("must hold the largest PUT ({frame_needed} bytes)"),
+            ));
+        }
+        let segment_needed =
+            self.limits.key_bytes_max as u64 + self.limits.value_bytes_max as u64 + 128;
+        if (self.storage.segment_bytes as u64) < segment_needed {
+            return Err(invalid(
+                "storage.segment_bytes",
+                format!("must hold the largest record ({segment_needed} bytes); lower limits.value_bytes_max or raise it"),
+            ));
+        }
+        if !(self.storage.compaction_dead_fraction > 0.0
+            && self.storage.compaction_dead_fraction <= 1.0)
+        {
+            return Err(invalid(
+                "storage.compaction_dead_fraction",
+                "must be in (0, 1]",
+            ));
+        }
+        if self.limits.connections_max == 0 || self.limits.requests_in_flight_max == 0 {
+            return Err(invalid(
+                "limits",
+                "connections_max and requests_in_flight_max must be at least 1",
+            ));
+        }
+        if !self.node.metrics_listen.is_empty()
+            && self.node.metrics_listen.parse::<SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "node.metrics_listen",
+                format!("{:?} is not HOST:PORT", self.node.metrics_listen),
+            ));
+        }
+        if self.node.cluster.is_empty() || self.node.cluster.len() > 255 {
+            return Err(invalid("node.cluster", "must be 1 to 255 bytes"));
+        }
+        Ok(())
+    }
+
+    /// Shards to run: configured, or one per core minus one for XDC.
+    pub fn shard_count(&self) -> usize {
+        if self.runtime.shards > 0 {
+            return self.runtime.shards;
+        }
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        cores.saturating_sub(1).max(1)
+    }
+
+    pub fn engine_durability(&self) -> meridian_engine::Durability {
+        match self.storage.durability {
+            DurabilityMode::None => meridian_engine::Durability::None,
+            DurabilityMode::Periodic => meridian_engine::Durability::Periodic {
+                interval_ms: self.storage.sync_interval_ms,
+            },
+            DurabilityMode::Sync => meridian_engine::Durability::Sync,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let config = Config::from_toml("").expect("defaults are valid");
+        assert_eq!(config.node.listen.port(), 7411);
+        assert_eq!(config.storage.partitions, 256);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_name_the_field() {
+        let error = Config::from_toml("[storage]\nparttions = 8\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("parttions"), "{error}");
+        let error = Config::from_toml("[storage]\npartitions = 100\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("storage.partitions"), "{error}");
+        let error = Config::from_toml("[storage]\ndurability = \"always\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("always"), "{error}");
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../meridian.example.toml");
+        Config::from_toml(text).expect("the shipped example is valid");
+    }
+}

@@ -1,0 +1,434 @@
+//! One client connection: HELLO, then pipelined requests.
+//!
+//! The loop reads what the socket has, decodes every complete frame (at most
+//! `requests_in_flight_max`; the rest waits in the buffer and the socket, so
+//! a fast sender meets TCP back-pressure, not an unbounded queue), executes
+//! them — on this shard directly, on another shard through its inbox — and
+//! writes the answers in request order with one write. Writes that must be
+//! durable wait together for one group commit before their answers go out.
+//!
+//! Bad input (a frame the codec refuses, a first frame that is not HELLO, a
+//! wrong cluster or secret) gets one ERROR frame naming the problem, then the
+//! connection closes. Nothing of a refused frame is stored.
+
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use meridian_net::message::Hello;
+use meridian_net::{
+    Decoder, Encoder, ErrorCode, Frame, Limits, Request, Response, Role, PROTOCOL_VERSION,
+};
+
+use crate::metrics::ShardCounters;
+use crate::shard::{Shard, ShardCall, VnodeOp};
+
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// An answer being prepared.
+enum Slot {
+    Ready(Response),
+    /// A local write whose answer waits for the batch's group commit.
+    Durable(Response),
+    Remote(flume::Receiver<Response>),
+}
+
+pub fn net_limits(shard: &Shard) -> Limits {
+    let limits = &shard.config.limits;
+    Limits {
+        frame_bytes_max: limits.frame_bytes_max,
+        key_bytes_max: limits.key_bytes_max,
+        value_bytes_max: limits.value_bytes_max,
+        ..Limits::default()
+    }
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+/// The request id of a frame the decoder refused, if its header got that far.
+fn request_id_of(raw: &[u8]) -> u32 {
+    raw.get(4..8)
+        .map_or(0, |id| u32::from_le_bytes([id[0], id[1], id[2], id[3]]))
+}
+
+#[derive(Debug)]
+pub struct Connection {
+    shard: Rc<Shard>,
+    decoder: Decoder,
+    encoder: Encoder,
+    greeted: bool,
+    /// Set while requests are being executed (shutdown waits for it to clear).
+    pub busy: Rc<std::cell::Cell<bool>>,
+}
+
+impl Connection {
+    pub fn new(shard: Rc<Shard>, busy: Rc<std::cell::Cell<bool>>) -> Connection {
+        let limits = net_limits(&shard);
+        Connection {
+            decoder: Decoder::new(limits.clone()),
+            encoder: Encoder::new(limits),
+            shard,
+            greeted: false,
+            busy,
+        }
+    }
+
+    pub async fn serve(mut self, mut stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        let mut output = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+        let shard = Rc::clone(&self.shard);
+        let counters = &shard.counters;
+        loop {
+            let read = match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => read,
+            };
+            ShardCounters::add(&counters.bytes_in, read as u64);
+            input.extend_from_slice(&chunk[..read]);
+            self.busy.set(true);
+            let close = self.process(&mut input, &mut output).await;
+            self.busy.set(false);
+            if !output.is_empty() {
+                ShardCounters::add(&counters.bytes_out, output.len() as u64);
+                if stream.write_all(&output).await.is_err() {
+                    return;
+                }
+                output.clear();
+            }
+            if close {
+                let _ = stream.close().await;
+                return;
+            }
+        }
+    }
+
+    /// Executes every complete frame in `input`; returns true to close.
+    async fn process(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> bool {
+        let in_flight_max = self.shard.config.limits.requests_in_flight_max;
+        let mut slots: Vec<(u32, Slot)> = Vec::new();
+        let mut wait_epoch = None;
+        let mut close = false;
+        while slots.len() < in_flight_max {
+            let frame = match self.decoder.decode(input) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(refused) => {
+                    slots.push((
+                        request_id_of(input),
+                        Slot::Ready(Response::from_decode_error(&refused)),
+                    ));
+                    close = true;
+                    break;
+                }
+            };
+            let request_id = frame.request_id;
+            let (slot, epoch, refused) = self.execute(frame).await;
+            if let Some(epoch) = epoch {
+                wait_epoch = Some(epoch);
+            }
+            slots.push((request_id, slot));
+            if refused {
+                close = true;
+                break;
+            }
+        }
+        let synced = match wait_epoch {
+            Some(epoch) => self.shard.wait_synced(epoch).await,
+            None => Ok(()),
+        };
+        for (request_id, slot) in slots {
+            let response = match slot {
+                Slot::Ready(response) => response,
+                Slot::Durable(response) => match &synced {
+                    Ok(()) => response,
+                    Err(reason) => error(
+                        ErrorCode::StorageError,
+                        format!("write not durable: {reason}"),
+                    ),
+                },
+                Slot::Remote(reply) => reply.recv_async().await.unwrap_or_else(|_| {
+                    error(ErrorCode::Internal, "the shard owning the key stopped")
+                }),
+            };
+            self.send(request_id, &response, output);
+        }
+        close
+    }
+
+    fn send(&self, request_id: u32, response: &Response, output: &mut BytesMut) {
+        let counters = &self.shard.counters;
+        ShardCounters::add(&counters.requests, 1);
+        if matches!(response, Response::Error { .. }) {
+            ShardCounters::add(&counters.errors, 1);
+        }
+        if let Err(refused) = self.encoder.encode(request_id, response, output) {
+            let fallback = error(
+                ErrorCode::Internal,
+                format!("response could not be encoded: {refused}"),
+            );
+            let _ = self.encoder.encode(request_id, &fallback, output);
+        }
+    }
+
+    /// Executes one frame: the answer slot, a sync epoch to wait for, and
+    /// whether the connection must close after answering.
+    async fn execute(&mut self, frame: Frame) -> (Slot, Option<u64>, bool) {
+        let request = match frame.request(self.decoder.limits()) {
+            Ok(request) => request,
+            Err(refused) => {
+                return (
+                    Slot::Ready(Response::from_decode_error(&refused)),
+                    None,
+                    true,
+                )
+            }
+        };
+        if !self.greeted {
+            return match request {
+                Request::Hello(hello) => match self.check_hello(&hello) {
+                    Ok(response) => {
+                        self.greeted = true;
+                        (Slot::Ready(response), None, false)
+                    }
+                    Err(refusal) => (Slot::Ready(refusal), None, true),
+                },
+                _ => (
+                    Slot::Ready(error(
+                        ErrorCode::NotHelloFirst,
+                        "the first frame must be HELLO",
+                    )),
+                    None,
+                    true,
+                ),
+            };
+        }
+        match request {
+            Request::Hello(_) => (
+                Slot::Ready(error(ErrorCode::MalformedBody, "HELLO was already sent")),
+                None,
+                true,
+            ),
+            Request::Ping => (Slot::Ready(Response::Pong), None, false),
+            Request::Get { key, .. } => self.route(key.clone(), VnodeOp::Get { key }).await,
+            Request::Put {
+                key,
+                value,
+                ttl_seconds,
+                ..
+            } => {
+                let op = VnodeOp::Put {
+                    key: key.clone(),
+                    value,
+                    version: self.shard.stamp(),
+                    expires_at: expiry(ttl_seconds),
+                };
+                self.route(key, op).await
+            }
+            Request::Delete { key, .. } => {
+                let op = VnodeOp::Delete {
+                    key: key.clone(),
+                    version: self.shard.stamp(),
+                };
+                self.route(key, op).await
+            }
+            Request::MultiGet { keys } => (Slot::Ready(self.multi_get(keys).await), None, false),
+            Request::MultiPut {
+                entries,
+                ttl_seconds,
+                ..
+            } => (
+                Slot::Ready(self.multi_put(entries, ttl_seconds).await),
+                None,
+                false,
+            ),
+            Request::BuildInfo => (
+                Slot::Ready(Response::Info {
+                    json: crate::info::build_info(),
+                }),
+                None,
+                false,
+            ),
+            Request::ClusterInfo => (
+                Slot::Ready(Response::Info {
+                    json: crate::info::cluster_info(&self.shard),
+                }),
+                None,
+                false,
+            ),
+            Request::NodeHealth => {
+                let json = crate::info::node_health(&self.shard).await;
+                (Slot::Ready(Response::Info { json }), None, false)
+            }
+            Request::Stats => (
+                Slot::Ready(Response::Info {
+                    json: crate::info::stats(&self.shard).await,
+                }),
+                None,
+                false,
+            ),
+            other => (
+                Slot::Ready(error(
+                    ErrorCode::UnknownOpcode,
+                    format!("{} is not served here", other.opcode()),
+                )),
+                None,
+                false,
+            ),
+        }
+    }
+
+    fn check_hello(&self, hello: &Hello) -> Result<Response, Response> {
+        let node = &self.shard.config.node;
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(error(
+                ErrorCode::UnsupportedVersion,
+                format!("protocol version {} is not spoken here (this server speaks {PROTOCOL_VERSION})", hello.protocol_version),
+            ));
+        }
+        if hello.cluster != node.cluster {
+            return Err(error(
+                ErrorCode::ClusterMismatch,
+                format!(
+                    "this node belongs to cluster {:?}, not {:?}",
+                    node.cluster, hello.cluster
+                ),
+            ));
+        }
+        if !node.secret.is_empty() {
+            let presented = hello.credentials.as_deref().unwrap_or(&[]);
+            if !constant_time_equal(presented, node.secret.as_bytes()) {
+                return Err(error(
+                    ErrorCode::AuthFailed,
+                    "credentials refused: wrong or missing secret",
+                ));
+            }
+        }
+        if hello.role != Role::Client {
+            return Err(error(
+                ErrorCode::UnknownOpcode,
+                format!(
+                    "role {:?} is not served yet: peer and XDC links arrive with clustering",
+                    hello.role
+                ),
+            ));
+        }
+        Ok(Response::HelloOk {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: node.node_id as u32,
+            cluster: node.cluster.clone(),
+            datacenter: node.datacenter.clone(),
+        })
+    }
+
+    /// Runs an op on the shard that owns `key`.
+    async fn route(&self, key: Bytes, op: VnodeOp) -> (Slot, Option<u64>, bool) {
+        let partition = self.shard.partitioner.partition_of(&key);
+        let owner = self.shard.partitioner.shard_of_partition(partition);
+        if owner == self.shard.index {
+            let (response, epoch) = self.shard.apply(partition, op);
+            let slot = if epoch.is_some() {
+                Slot::Durable(response)
+            } else {
+                Slot::Ready(response)
+            };
+            return (slot, epoch, false);
+        }
+        let (reply, answer) = flume::bounded(1);
+        let call = ShardCall::Op {
+            partition,
+            op,
+            reply,
+        };
+        if self.shard.inboxes[owner].send_async(call).await.is_err() {
+            return (
+                Slot::Ready(error(
+                    ErrorCode::ShuttingDown,
+                    "the shard owning the key stopped",
+                )),
+                None,
+                false,
+            );
+        }
+        (Slot::Remote(answer), None, false)
+    }
+
+    async fn resolve(&self, key: Bytes, op: VnodeOp) -> Response {
+        let (slot, epoch, _) = self.route(key, op).await;
+        match slot {
+            Slot::Ready(response) => response,
+            Slot::Durable(response) => match self.shard.wait_synced(epoch.unwrap_or(0)).await {
+                Ok(()) => response,
+                Err(reason) => error(
+                    ErrorCode::StorageError,
+                    format!("write not durable: {reason}"),
+                ),
+            },
+            Slot::Remote(reply) => reply
+                .recv_async()
+                .await
+                .unwrap_or_else(|_| error(ErrorCode::Internal, "the shard owning the key stopped")),
+        }
+    }
+
+    async fn multi_get(&self, keys: Vec<Bytes>) -> Response {
+        let mut entries = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.resolve(key.clone(), VnodeOp::Get { key }).await {
+                Response::Value(value) => entries.push(Some(value)),
+                Response::NotFound => entries.push(None),
+                failure => return failure,
+            }
+        }
+        Response::Values { entries }
+    }
+
+    async fn multi_put(&self, pairs: Vec<(Bytes, Bytes)>, ttl_seconds: Option<u32>) -> Response {
+        let mut versions = Vec::with_capacity(pairs.len());
+        for (key, value) in pairs {
+            let op = VnodeOp::Put {
+                key: key.clone(),
+                value,
+                version: self.shard.stamp(),
+                expires_at: expiry(ttl_seconds),
+            };
+            match self.resolve(key, op).await {
+                Response::Written { version } => versions.push(version),
+                failure => return failure,
+            }
+        }
+        Response::WrittenMany { versions }
+    }
+}
+
+/// Unix seconds at which a value with `ttl_seconds` expires; 0 = never.
+fn expiry(ttl_seconds: Option<u32>) -> u32 {
+    match ttl_seconds {
+        Some(ttl) if ttl > 0 => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            (now + ttl as u64).min(u32::MAX as u64) as u32
+        }
+        _ => 0,
+    }
+}
+
+fn constant_time_equal(left: &[u8], right: &[u8]) -> bool {
+    if left.len() != right.len() {
+        return false;
+    }
+    left.iter()
+        .zip(right)
+        .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+        == 0
+}

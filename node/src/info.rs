@@ -1,0 +1,88 @@
+//! The JSON documents of BUILDINFO, CLUSTERINFO, NODEHEALTH and STATS.
+
+use serde_json::json;
+
+use crate::shard::{Shard, ShardCall, ShardReport};
+
+pub fn build_info() -> String {
+    json!({
+        "name": "meridian",
+        "version": env!("CARGO_PKG_VERSION"),
+        "protocol_version": meridian_net::PROTOCOL_VERSION,
+        "engine_format_version": meridian_engine::format::FORMAT_VERSION,
+        "target": std::env::consts::ARCH,
+        "os": std::env::consts::OS,
+        "debug_assertions": cfg!(debug_assertions),
+    })
+    .to_string()
+}
+
+/// A cluster of one: this node owns every partition.
+pub fn cluster_info(shard: &Shard) -> String {
+    let config = &shard.config;
+    json!({
+        "cluster": config.node.cluster,
+        "datacenter": config.node.datacenter,
+        "ring_epoch": 1,
+        "partitions": config.storage.partitions,
+        "members": [{
+            "node_id": config.node.node_id,
+            "address": config.node.listen.to_string(),
+            "status": "up",
+            "partitions": config.storage.partitions,
+            "shards": shard.inboxes.len(),
+        }],
+        "pending_handoffs": 0,
+    })
+    .to_string()
+}
+
+/// Every shard's report, this one's first-hand and the others' over their inboxes.
+pub async fn gather_reports(shard: &Shard) -> Vec<ShardReport> {
+    let mut reports = Vec::with_capacity(shard.inboxes.len());
+    for (index, inbox) in shard.inboxes.iter().enumerate() {
+        if index == shard.index {
+            reports.push(shard.report());
+            continue;
+        }
+        let (reply, answer) = flume::bounded(1);
+        if inbox.send_async(ShardCall::Stats { reply }).await.is_ok() {
+            if let Ok(report) = answer.recv_async().await {
+                reports.push(report);
+            }
+        }
+    }
+    reports
+}
+
+pub async fn node_health(shard: &Shard) -> String {
+    let reports = gather_reports(shard).await;
+    let writes_refused = reports.iter().any(|r| r.writes_refused);
+    json!({
+        "node_id": shard.config.node.node_id,
+        "status": if writes_refused { "degraded" } else { "ok" },
+        "shards": reports.len(),
+        "shards_answering": reports.len(),
+        "writes_refused": writes_refused,
+        "durability": format!("{:?}", shard.config.storage.durability).to_lowercase(),
+    })
+    .to_string()
+}
+
+pub async fn stats(shard: &Shard) -> String {
+    let reports = gather_reports(shard).await;
+    let sum = |field: fn(&ShardReport) -> u64| reports.iter().map(field).sum::<u64>();
+    json!({
+        "requests": sum(|r| r.requests),
+        "gets": sum(|r| r.gets),
+        "puts": sum(|r| r.puts),
+        "deletes": sum(|r| r.deletes),
+        "errors": sum(|r| r.errors),
+        "keys": sum(|r| r.keys),
+        "disk_bytes": sum(|r| r.disk_bytes),
+        "keydir_bytes": sum(|r| r.keydir_bytes),
+        "syncs": sum(|r| r.syncs),
+        "shards": reports,
+    })
+    .to_string()
+}

@@ -1,0 +1,156 @@
+//! Counters per shard and their export in the Prometheus text format.
+//!
+//! Counters are plain `Cell`s owned by their shard (no atomics, nothing
+//! shared); the metrics endpoint asks every shard for a [`ShardReport`]
+//! over its inbox and renders them with a `shard` label.
+
+use std::cell::Cell;
+use std::fmt::Write;
+
+use crate::shard::ShardReport;
+
+#[derive(Debug, Default)]
+pub struct ShardCounters {
+    pub requests: Cell<u64>,
+    pub gets: Cell<u64>,
+    pub puts: Cell<u64>,
+    pub deletes: Cell<u64>,
+    pub errors: Cell<u64>,
+    pub bytes_in: Cell<u64>,
+    pub bytes_out: Cell<u64>,
+    pub connections: Cell<u64>,
+    pub syncs: Cell<u64>,
+    pub sync_failures: Cell<u64>,
+    pub compactions: Cell<u64>,
+}
+
+impl ShardCounters {
+    pub fn add(cell: &Cell<u64>, amount: u64) {
+        cell.set(cell.get() + amount);
+    }
+
+    pub fn report(&self, shard: usize) -> ShardReport {
+        ShardReport {
+            shard,
+            requests: self.requests.get(),
+            gets: self.gets.get(),
+            puts: self.puts.get(),
+            deletes: self.deletes.get(),
+            errors: self.errors.get(),
+            bytes_in: self.bytes_in.get(),
+            bytes_out: self.bytes_out.get(),
+            connections: self.connections.get(),
+            syncs: self.syncs.get(),
+            sync_failures: self.sync_failures.get(),
+            compactions: self.compactions.get(),
+            ..ShardReport::default()
+        }
+    }
+}
+
+/// Renders shard reports as Prometheus text.
+pub fn render_prometheus(reports: &[ShardReport]) -> String {
+    type Field = fn(&ShardReport) -> u64;
+    let metrics: [(&str, &str, &str, Field); 15] = [
+        (
+            "meridian_requests_total",
+            "counter",
+            "Requests answered",
+            |r| r.requests,
+        ),
+        (
+            "meridian_gets_total",
+            "counter",
+            "GET operations on local vnodes",
+            |r| r.gets,
+        ),
+        (
+            "meridian_puts_total",
+            "counter",
+            "PUT operations on local vnodes",
+            |r| r.puts,
+        ),
+        (
+            "meridian_deletes_total",
+            "counter",
+            "DELETE operations on local vnodes",
+            |r| r.deletes,
+        ),
+        (
+            "meridian_errors_total",
+            "counter",
+            "Error responses sent",
+            |r| r.errors,
+        ),
+        (
+            "meridian_bytes_in_total",
+            "counter",
+            "Bytes read from client connections",
+            |r| r.bytes_in,
+        ),
+        (
+            "meridian_bytes_out_total",
+            "counter",
+            "Bytes written to client connections",
+            |r| r.bytes_out,
+        ),
+        (
+            "meridian_connections_open",
+            "gauge",
+            "Client connections open",
+            |r| r.connections,
+        ),
+        (
+            "meridian_syncs_total",
+            "counter",
+            "Group-commit sync cycles",
+            |r| r.syncs,
+        ),
+        (
+            "meridian_sync_failures_total",
+            "counter",
+            "Failed fdatasyncs",
+            |r| r.sync_failures,
+        ),
+        (
+            "meridian_compactions_total",
+            "counter",
+            "Compaction runs finished",
+            |r| r.compactions,
+        ),
+        ("meridian_vnodes_open", "gauge", "Vnodes open", |r| {
+            r.vnodes as u64
+        }),
+        (
+            "meridian_keys",
+            "gauge",
+            "Keys in the key directories (tombstones included)",
+            |r| r.keys,
+        ),
+        (
+            "meridian_disk_bytes",
+            "gauge",
+            "Bytes of segment files",
+            |r| r.disk_bytes,
+        ),
+        (
+            "meridian_keydir_bytes",
+            "gauge",
+            "Memory of the key directories",
+            |r| r.keydir_bytes,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, field) in metrics {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for report in reports {
+            let _ = writeln!(
+                out,
+                "{name}{{shard=\"{}\"}} {}",
+                report.shard,
+                field(report)
+            );
+        }
+    }
+    out
+}
