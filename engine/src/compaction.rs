@@ -196,7 +196,11 @@ impl Store {
             && header.expires_at != 0
             && now_s >= header.expires_at as u64;
         let absent_since = match header.kind {
-            RecordKind::Tombstone => Some((header.version.hlc >> 16) / 1000),
+            // An expired value compacted into a tombstone keeps its
+            // `expires_at`: its grace still runs from the expiry.
+            RecordKind::Tombstone => {
+                Some(((header.version.hlc >> 16) / 1000).max(header.expires_at as u64))
+            }
             _ if expired => Some(header.expires_at as u64),
             _ => None,
         };
