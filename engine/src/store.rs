@@ -340,9 +340,14 @@ impl Store {
 
     /// The key's newest record, tombstones and expired entries included.
     pub fn read(&self, key: &[u8]) -> Result<Option<StoredEntry>> {
-        let Some(slot) = self.find(format::hash_high(key), key) else {
-            return Ok(None);
-        };
+        match self.find(format::hash_high(key), key) {
+            Some(slot) => self.read_slot(slot).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The record the key directory entry in `slot` names, verified.
+    fn read_slot(&self, slot: u32) -> Result<StoredEntry> {
         let entry = self.keydir.get(slot);
         let segment = self.segment(entry.segment);
         let header = segment.record_at(entry.offset)?;
@@ -353,12 +358,12 @@ impl Store {
                 "record version differs from key directory",
             ));
         }
-        Ok(Some(StoredEntry {
+        Ok(StoredEntry {
             kind: header.kind,
             value: segment.value_bytes(entry.offset, &header),
             version: header.version,
             expires_at: header.expires_at,
-        }))
+        })
     }
 
     /// The key's live value: `None` when absent, deleted or expired.
@@ -372,7 +377,7 @@ impl Store {
         {
             return Ok(None);
         }
-        self.read(key)
+        self.read_slot(slot).map(Some)
     }
 
     /// The version stored for `key` (tombstones included), from memory only.
