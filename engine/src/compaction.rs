@@ -131,7 +131,14 @@ impl Store {
         let len =
             ((SEGMENT_HEADER_LEN + RECORD_HEADER_LEN) as u64 + live_total).div_ceil(4096) * 4096;
         let now_ms = self.options.clock.now_ms();
-        let output = Segment::create(path, output_id, len as u32, Preallocation::Reserve, now_ms)?;
+        let output = Segment::create(
+            path,
+            output_id,
+            len as u32,
+            Preallocation::Reserve,
+            now_ms,
+            len as u32,
+        )?;
         let output_slot = self.add_segment(output);
         Ok(Some(CompactionRun {
             inputs,

@@ -49,12 +49,29 @@ pub(crate) enum Preallocation {
     ZeroFill,
 }
 
-/// Gives `file` `len` bytes of allocated blocks, so writes through a memory
-/// map can never meet a full disk (which would be SIGBUS, not an error).
-pub(crate) fn preallocate(file: &File, path: &Path, len: u64, how: Preallocation) -> Result<()> {
+/// Gives `file` allocated blocks for `offset..offset + len`, so writes
+/// through a memory map into that range can never meet a full disk (which
+/// would be SIGBUS, not an error).
+pub(crate) fn preallocate(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    len: u64,
+    how: Preallocation,
+) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
     if how == Preallocation::Reserve {
         // SAFETY: fallocate on a file descriptor we own, with plain integers.
-        let status = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+        let status = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                0,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
         if status == 0 {
             return Ok(());
         }
@@ -63,13 +80,13 @@ pub(crate) fn preallocate(file: &File, path: &Path, len: u64, how: Preallocation
             return Err(Error::io("fallocate segment", path, error));
         }
     }
-    let zeros = vec![0u8; 1 << 20];
-    let mut offset = 0u64;
-    while offset < len {
-        let chunk = (len - offset).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..chunk], offset)
+    let zeros = vec![0u8; (1 << 20).min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let chunk = (len - done).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..chunk], offset + done)
             .map_err(|e| Error::io("zero-fill segment", path, e))?;
-        offset += chunk as u64;
+        done += chunk as u64;
     }
     Ok(())
 }

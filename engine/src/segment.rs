@@ -21,6 +21,10 @@ use crate::format::{
 use crate::fsutil::{preallocate, Preallocation};
 use crate::mapped::MappedFile;
 
+/// Blocks are allocated ahead of the appender this many bytes at a time, so
+/// a store's disk use follows its data, not its segment size.
+const ALLOCATION_CHUNK_BYTES: u32 = 4 << 20;
+
 /// Bytes faulted in ahead of the appender at a time.
 const POPULATE_AHEAD_BYTES: u32 = 2 << 20;
 
@@ -47,6 +51,9 @@ pub(crate) struct Segment {
     pub live_bytes: u64,
     pub hinted: bool,
     populated_to: u32,
+    /// Bytes from the start that have disk blocks; appends stay below it.
+    allocated: u32,
+    pub preallocation: Preallocation,
 }
 
 /// What a scan of a segment's records found.
@@ -61,13 +68,16 @@ pub(crate) struct ScanEnd {
 }
 
 impl Segment {
-    /// Creates segment `id` at `path`, preallocated to `len` bytes and mapped.
+    /// Creates segment `id` at `path`, `len` bytes long and mapped, with the
+    /// first `initial_allocation` bytes given disk blocks (more come with
+    /// [`Segment::reserve`]).
     pub(crate) fn create(
         path: PathBuf,
         id: u32,
         len: u32,
         how: Preallocation,
         now_ms: u64,
+        initial_allocation: u32,
     ) -> Result<Segment> {
         let file = OpenOptions::new()
             .read(true)
@@ -75,7 +85,12 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io("create segment", &path, e))?;
-        if let Err(error) = preallocate(&file, &path, len as u64, how) {
+        let allocated = initial_allocation.clamp(SEGMENT_HEADER_LEN as u32, len);
+        let sized = file
+            .set_len(len as u64)
+            .map_err(|e| Error::io("size segment", &path, e));
+        if let Err(error) = sized.and_then(|()| preallocate(&file, &path, 0, allocated as u64, how))
+        {
             let _ = std::fs::remove_file(&path);
             return Err(error);
         }
@@ -96,6 +111,8 @@ impl Segment {
             live_bytes: 0,
             hinted: false,
             populated_to: 0,
+            allocated,
+            preallocation: how,
         };
         segment.populate_ahead();
         Ok(segment)
@@ -152,6 +169,8 @@ impl Segment {
             live_bytes: 0,
             hinted: false,
             populated_to: 0,
+            allocated: SEGMENT_HEADER_LEN as u32,
+            preallocation: Preallocation::Reserve,
         })
     }
 
@@ -169,6 +188,10 @@ impl Segment {
         assert!(self.written as usize <= self.map.len());
         self.synced = self.written;
         self.populated_to = self.written;
+        // Blocks past the written end are unknown after a restart, except the
+        // room of a seal record, which every append reserved with its record.
+        // The next `reserve` allocates the rest again (harmless where it exists).
+        self.allocated = (self.written + format::RECORD_HEADER_LEN as u32).min(self.capacity());
     }
 
     pub(crate) fn capacity(&self) -> u32 {
@@ -181,6 +204,29 @@ impl Segment {
             && self.written as usize + record_len + format::RECORD_HEADER_LEN <= self.map.len()
     }
 
+    /// Gives disk blocks to the room a record of `record_len` bytes and a
+    /// seal after it need, ahead of the appender in chunks. Fails cleanly
+    /// (nothing written) when the disk is full.
+    pub(crate) fn reserve(&mut self, record_len: usize) -> Result<()> {
+        let needed = self.written as u64 + record_len as u64 + format::RECORD_HEADER_LEN as u64;
+        if needed <= self.allocated as u64 {
+            return Ok(());
+        }
+        let target = needed
+            .max(self.allocated as u64 + ALLOCATION_CHUNK_BYTES as u64)
+            .min(self.map.len() as u64);
+        let start = self.allocated as u64;
+        preallocate(
+            &self.file,
+            &self.path,
+            start,
+            target - start,
+            self.preallocation,
+        )?;
+        self.allocated = target as u32;
+        Ok(())
+    }
+
     /// Appends a record; returns its offset. The caller checked `fits`
     /// (a seal record takes the room every earlier `fits` kept for it).
     pub(crate) fn append(&mut self, fields: &RecordFields<'_>) -> u32 {
@@ -190,7 +236,7 @@ impl Segment {
             fields.record_len() + format::RECORD_HEADER_LEN
         };
         assert!(
-            !self.sealed && self.written as usize + room_needed <= self.map.len(),
+            !self.sealed && self.written as usize + room_needed <= self.allocated as usize,
             "append past the end of segment {}",
             self.id
         );
@@ -207,11 +253,14 @@ impl Segment {
 
     fn populate_ahead(&mut self) {
         let start = self.populated_to.max(self.written);
-        self.map
-            .populate_for_write(start as usize, POPULATE_AHEAD_BYTES as usize);
-        self.populated_to = start
+        let end = start
             .saturating_add(POPULATE_AHEAD_BYTES)
-            .min(self.capacity());
+            .min(self.allocated);
+        if end > start {
+            self.map
+                .populate_for_write(start as usize, (end - start) as usize);
+        }
+        self.populated_to = end.max(start);
     }
 
     /// Closes the segment with a seal record.
@@ -321,8 +370,15 @@ impl Segment {
     pub(crate) fn zero_tail(&mut self, from: u32) -> Result<()> {
         let len = self.map.len() - from as usize;
         let region = self.map.region_mut(from as usize, len);
-        if region.iter().any(|&b| b != 0) {
-            region.fill(0);
+        let mut dirty = false;
+        // Page by page, so the holes of a sparse segment stay holes.
+        for page in region.chunks_mut(4096) {
+            if page.iter().any(|&b| b != 0) {
+                page.fill(0);
+                dirty = true;
+            }
+        }
+        if dirty {
             self.file
                 .sync_data()
                 .map_err(|e| Error::io("fdatasync cut segment", &self.path, e))?;

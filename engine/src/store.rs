@@ -317,7 +317,8 @@ impl Store {
     /// leaves the store as it was.
     fn ensure_room(&mut self, record_len: usize) -> Result<()> {
         if self.segment(self.active).fits(record_len) {
-            return Ok(());
+            let active = self.active;
+            return self.segment_mut(active).reserve(record_len);
         }
         let id = self.next_segment_id;
         let now_ms = self.options.clock.now_ms();
@@ -327,7 +328,10 @@ impl Store {
             self.options.segment_bytes,
             self.preallocation,
             now_ms,
+            0,
         )?;
+        let mut segment = segment;
+        segment.reserve(record_len)?;
         let active = self.active;
         self.segment_mut(active).seal();
         self.next_segment_id += 1;
