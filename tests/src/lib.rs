@@ -74,7 +74,11 @@ pub fn meridian_binary() -> &'static Path {
     BINARY.get_or_init(|| {
         if let Some(path) = std::env::var_os("MERIDIAN_BIN") {
             let path = PathBuf::from(path);
-            assert!(path.is_file(), "MERIDIAN_BIN={} is not a file", path.display());
+            assert!(
+                path.is_file(),
+                "MERIDIAN_BIN={} is not a file",
+                path.display()
+            );
             return path;
         }
         build_meridian_binary()
@@ -108,7 +112,14 @@ fn build_meridian_binary() -> PathBuf {
         .arg("build")
         .arg("--manifest-path")
         .arg(&manifest)
-        .args(["-p", "meridian-node", "--bin", "meridian", "--profile", profile]);
+        .args([
+            "-p",
+            "meridian-node",
+            "--bin",
+            "meridian",
+            "--profile",
+            profile,
+        ]);
     // A target directory holds CACHEDIR.TAG; otherwise `above` is a
     // `<triple>` directory of a cross build.
     if above.join("CACHEDIR.TAG").exists() {
@@ -295,9 +306,10 @@ impl ServerProcess {
             match lines.recv_timeout(wait) {
                 Ok(line) => {
                     if let Some(address) = line.strip_prefix("meridian listening on ") {
-                        self.address = address.trim().parse().unwrap_or_else(|error| {
-                            panic!("bad listening line {line:?}: {error}")
-                        });
+                        self.address = address
+                            .trim()
+                            .parse()
+                            .unwrap_or_else(|error| panic!("bad listening line {line:?}: {error}"));
                         return;
                     }
                 }

@@ -57,7 +57,10 @@ fn client_put_get_delete_and_batches() {
         assert_eq!(&entry.value[..], value.as_bytes(), "{key}");
         assert_eq!(entry.version, *version, "{key}");
     }
-    assert!(found.last().expect("one per key").is_none(), "batch-missing");
+    assert!(
+        found.last().expect("one per key").is_none(),
+        "batch-missing"
+    );
 }
 
 #[test]
@@ -69,7 +72,10 @@ fn value_with_ttl_expires() {
         .put_with_ttl(b"short-lived", b"soon gone", Duration::from_secs(2))
         .expect("put with ttl");
     client.put(b"long-lived", b"stays").expect("put");
-    let entry = client.get(b"short-lived").expect("get").expect("not yet expired");
+    let entry = client
+        .get(b"short-lived")
+        .expect("get")
+        .expect("not yet expired");
     assert_eq!(&entry.value[..], b"soon gone");
     let expired = wait_until(Instant::now() + Duration::from_secs(10), || {
         client.get(b"short-lived").expect("get").is_none()
@@ -92,7 +98,10 @@ fn info_commands_return_json() {
     assert_eq!(cluster["cluster"], "meridian");
     assert_eq!(cluster["partitions"], 8);
     assert_eq!(cluster["members"][0]["shards"], 2);
-    assert_eq!(cluster["members"][0]["address"], server.address().to_string());
+    assert_eq!(
+        cluster["members"][0]["address"],
+        server.address().to_string()
+    );
 
     let health = json(&client.nodehealth().expect("nodehealth"));
     assert_eq!(health["status"], "ok");
@@ -122,13 +131,20 @@ fn cli_put_get_delete_and_info() {
 
     // The CLI and the client see the same data.
     let mut client = server.client();
-    let entry = client.get(b"greeting").expect("get").expect("written by the CLI");
+    let entry = client
+        .get(b"greeting")
+        .expect("get")
+        .expect("written by the CLI");
     assert_eq!(&entry.value[..], b"hello world");
     client.put(b"from-client", b"42").expect("put");
     assert_eq!(run(&["get", "from-client"]).1, "42\n");
 
     let (code, stdout, _) = run(&["get", "nobody"]);
-    assert_eq!((code, stdout.as_str()), (Some(1), ""), "missing key: exit 1, no output");
+    assert_eq!(
+        (code, stdout.as_str()),
+        (Some(1), ""),
+        "missing key: exit 1, no output"
+    );
 
     let (code, _, stderr) = run(&["del", "greeting"]);
     assert_eq!(code, Some(0), "del: {stderr}");
@@ -162,7 +178,10 @@ fn cli_errors_exit_2_with_the_message() {
     let output = server.cli(&["--secret", "open sesame", "--cluster", "elsewhere", "ping"]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("ClusterMismatch") && stderr.contains("elsewhere"), "{stderr}");
+    assert!(
+        stderr.contains("ClusterMismatch") && stderr.contains("elsewhere"),
+        "{stderr}"
+    );
 
     // A refused HELLO is a server error, not a connection problem.
     let mut config = server.client_config();
