@@ -84,6 +84,8 @@ pub(crate) fn open(directory: &Path, options: Options) -> Result<Store> {
     }
     finish_digests(&mut store, &digests_by_slot);
     choose_active(&mut store)?;
+    // The names of the segments kept may not be durable yet either.
+    sync_directory(directory)?;
     store.durable = store.written_position();
     store.last_sync_ms = store.options.clock.now_ms();
     Ok(store)
@@ -219,14 +221,28 @@ fn load_tail(store: &mut Store, id: u32, digests: &mut Vec<u64>) -> Result<bool>
     store.by_id.insert(id, slot);
     let (records, end) = scan_records(store, slot);
     store.stats.segments_scanned += 1;
-    let cut = end.damage.is_some();
+    // A tail segment the scan cannot follow to its seal ends the log: a sync
+    // covers every earlier byte, seal included, so nothing in a later
+    // segment was acknowledged. Bytes past the stop (records after a page
+    // that never reached the disk) are zeroed, so appends cannot make them
+    // readable again.
+    let cut = !end.sealed;
     if let Some((offset, reason)) = end.damage {
-        let segment = store.segment_mut(slot);
-        let lost = segment.capacity() - offset;
+        let lost = store.segment(slot).capacity() - offset;
         tracing::warn!(path = %path.display(), offset, %reason, "torn tail cut");
-        segment.zero_tail(offset)?;
         store.stats.torn_bytes_cut += lost as u64;
     }
+    let segment = store.segment_mut(slot);
+    if cut {
+        segment.zero_tail(end.data_end)?;
+    }
+    // What recovery keeps counts as durable (`durable_position` starts at
+    // the written end), which holds only once it is on the disk: after a
+    // process crash it may still sit in the page cache.
+    segment
+        .file
+        .sync_data()
+        .map_err(|e| Error::io("fdatasync recovered segment", &path, e))?;
     store.segment_mut(slot).set_extent(end.data_end, end.sealed);
     for record in records {
         replay(store, slot, record, digests);
@@ -303,8 +319,6 @@ fn choose_active(store: &mut Store) -> Result<()> {
     // segment of the sealed range always ends with a seal (load_sealed).
     if let Some((_, &slot)) = store.by_id.iter().next_back() {
         if !store.segment(slot).sealed {
-            let preallocation = store.preallocation;
-            store.segment_mut(slot).preallocation = preallocation;
             store.active = slot;
             return Ok(());
         }
@@ -317,7 +331,6 @@ fn choose_active(store: &mut Store) -> Result<()> {
         store.options.segment_bytes,
         store.preallocation,
         now_ms,
-        0,
     )?;
     store.next_segment_id += 1;
     let slot = store.add_segment(segment);
