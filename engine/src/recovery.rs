@@ -319,6 +319,8 @@ fn choose_active(store: &mut Store) -> Result<()> {
     // segment of the sealed range always ends with a seal (load_sealed).
     if let Some((_, &slot)) = store.by_id.iter().next_back() {
         if !store.segment(slot).sealed {
+            let preallocation = store.preallocation;
+            store.segment_mut(slot).preallocation = preallocation;
             store.active = slot;
             return Ok(());
         }
@@ -331,6 +333,7 @@ fn choose_active(store: &mut Store) -> Result<()> {
         store.options.segment_bytes,
         store.preallocation,
         now_ms,
+        0,
     )?;
     store.next_segment_id += 1;
     let slot = store.add_segment(segment);
