@@ -556,8 +556,32 @@ pub mod raw {
     /// Connects, writes `bytes`, and reads responses until the server
     /// closes the connection or `deadline` passes.
     pub fn exchange(address: SocketAddr, bytes: &[u8], deadline: Instant) -> Exchange {
+        exchange_inner(address, bytes, false, deadline)
+    }
+
+    /// As [`exchange`], but shuts down the sending side after `bytes`, as a
+    /// client that stops in the middle of a frame would.
+    pub fn exchange_then_shutdown(
+        address: SocketAddr,
+        bytes: &[u8],
+        deadline: Instant,
+    ) -> Exchange {
+        exchange_inner(address, bytes, true, deadline)
+    }
+
+    fn exchange_inner(
+        address: SocketAddr,
+        bytes: &[u8],
+        shutdown: bool,
+        deadline: Instant,
+    ) -> Exchange {
         let mut stream = TcpStream::connect(address).expect("connect");
         stream.write_all(bytes).expect("write the frames");
+        if shutdown {
+            stream
+                .shutdown(std::net::Shutdown::Write)
+                .expect("shut down the sending side");
+        }
         let mut input = BytesMut::new();
         let mut chunk = [0u8; 4096];
         let closed = loop {
