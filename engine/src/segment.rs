@@ -54,6 +54,8 @@ pub(crate) struct Segment {
     /// Bytes from the start that have disk blocks; appends stay below it.
     allocated: u32,
     pub preallocation: Preallocation,
+    /// Where a `pwrite` append encodes its record first.
+    scratch: Vec<u8>,
 }
 
 /// What a scan of a segment's records found.
@@ -113,6 +115,7 @@ impl Segment {
             populated_to: 0,
             allocated,
             preallocation: how,
+            scratch: Vec::new(),
         };
         segment.populate_ahead();
         Ok(segment)
@@ -171,6 +174,7 @@ impl Segment {
             populated_to: 0,
             allocated: SEGMENT_HEADER_LEN as u32,
             preallocation: Preallocation::Reserve,
+            scratch: Vec::new(),
         })
     }
 
@@ -227,9 +231,39 @@ impl Segment {
         Ok(())
     }
 
-    /// Appends a record; returns its offset. The caller checked `fits`
-    /// (a seal record takes the room every earlier `fits` kept for it).
+    /// Whether appends `pwrite` each record instead of storing it through
+    /// the map: yes for zero-filled segments, i.e. stores that sync as they
+    /// go (`Durability::Sync`, `Periodic`).
+    ///
+    /// Measured on this ext4 VM, 64 records (9.5 KB) then fdatasync, 500
+    /// times: 0.13-0.15 ms median per group after `pwrite`, 0.43-1.86 ms
+    /// after stores through a shared map (a store into a page the last sync
+    /// cleaned faults, and the inode's next datasync then commits the
+    /// journal). Readers still read through the map: `pwrite` and a shared
+    /// map share the page cache.
+    pub(crate) fn appends_by_pwrite(&self) -> bool {
+        self.preallocation == Preallocation::ZeroFill
+    }
+
+    /// Appends a record through the map; returns its offset. The caller
+    /// checked `fits` and `reserve`; a `pwrite` segment uses `try_append`.
     pub(crate) fn append(&mut self, fields: &RecordFields<'_>) -> u32 {
+        assert!(
+            !self.appends_by_pwrite(),
+            "a pwrite segment appends with try_append"
+        );
+        self.try_append(fields)
+            .expect("an append through the map does no I/O")
+    }
+
+    /// Appends a record; returns its offset. The caller checked `fits` and
+    /// `reserve` (a seal record takes the room every earlier `fits` kept
+    /// for it).
+    ///
+    /// Fails only on a `pwrite` segment whose write failed: the bytes at
+    /// `written` may then be half written, so the caller must append
+    /// nothing more (the store refuses writes from then on).
+    pub(crate) fn try_append(&mut self, fields: &RecordFields<'_>) -> Result<u32> {
         let room_needed = if fields.kind == RecordKind::Seal {
             fields.record_len()
         } else {
@@ -242,13 +276,22 @@ impl Segment {
         );
         let offset = self.written;
         let len = fields.record_len();
-        format::encode_record(fields, self.map.region_mut(offset as usize, len));
+        if self.appends_by_pwrite() {
+            self.scratch.clear();
+            self.scratch.resize(len, 0);
+            format::encode_record(fields, &mut self.scratch);
+            std::os::unix::fs::FileExt::write_all_at(&*self.file, &self.scratch, offset as u64)
+                .map_err(|e| Error::io("write record", &self.path, e))?;
+        } else {
+            format::encode_record(fields, self.map.region_mut(offset as usize, len));
+        }
         self.written += len as u32;
         self.data_end = self.written;
-        if self.written + POPULATE_AHEAD_BYTES / 2 > self.populated_to {
+        if !self.appends_by_pwrite() && self.written + POPULATE_AHEAD_BYTES / 2 > self.populated_to
+        {
             self.populate_ahead();
         }
-        offset
+        Ok(offset)
     }
 
     fn populate_ahead(&mut self) {
@@ -263,8 +306,17 @@ impl Segment {
         self.populated_to = end.max(start);
     }
 
-    /// Closes the segment with a seal record.
+    /// Closes the segment with a seal record (through the map).
     pub(crate) fn seal(&mut self) {
+        assert!(
+            !self.appends_by_pwrite(),
+            "a pwrite segment seals with try_seal"
+        );
+        self.try_seal().expect("a seal through the map does no I/O");
+    }
+
+    /// Closes the segment with a seal record; fails as `try_append` does.
+    pub(crate) fn try_seal(&mut self) -> Result<()> {
         assert!(!self.sealed);
         let fields = RecordFields {
             kind: RecordKind::Seal,
@@ -274,9 +326,10 @@ impl Segment {
             expires_at: 0,
         };
         let data_end = self.written;
-        self.append(&fields);
+        self.try_append(&fields)?;
         self.data_end = data_end;
         self.sealed = true;
+        Ok(())
     }
 
     /// Decodes and verifies the record at `offset`.

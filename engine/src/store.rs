@@ -275,7 +275,14 @@ impl Store {
         self.ensure_room(record_len)?;
         let active = self.active;
         let segment = self.segment_mut(active);
-        let offset = segment.append(&fields);
+        let offset = match segment.try_append(&fields) {
+            Ok(offset) => offset,
+            Err(error) => {
+                // The record may be half written: append nothing after it.
+                self.write_failure = Some(error.to_string());
+                return Err(error);
+            }
+        };
         segment.live_bytes += record_len as u64;
         let position = LogPosition {
             segment: segment.id,
@@ -333,7 +340,12 @@ impl Store {
         let mut segment = segment;
         segment.reserve(record_len)?;
         let active = self.active;
-        self.segment_mut(active).seal();
+        if let Err(error) = self.segment_mut(active).try_seal() {
+            // Only a pwrite seal fails; it may be half written.
+            let _ = std::fs::remove_file(&segment.path);
+            self.write_failure = Some(error.to_string());
+            return Err(error);
+        }
         self.next_segment_id += 1;
         let slot = self.add_segment(segment);
         self.by_id.insert(id, slot);
