@@ -10,7 +10,9 @@
 //! `--keys N` (1,000,000), `--rounds N` (3), `--groups N` (2,000),
 //! `--group-len N` (64), `--startup-keys N` (10,000,000; 0 skips),
 //! `--core N` (the last core), `--dir PATH` (the system temp dir),
-//! `--json PATH`.
+//! `--json PATH`, `--only meridian,lmdb` (run only these engines' put/get
+//! phase and print their figures, no table: for profiling),
+//! `--startup-dir PATH` (keep the start-up store there and reuse it).
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +32,10 @@ struct Settings {
     core: Option<usize>,
     directory: PathBuf,
     json: PathBuf,
+    /// Only these engines' put/get phase (for profiling one engine).
+    only: Option<Vec<String>>,
+    /// Keep the start-up store here and reuse it when present.
+    startup_dir: Option<PathBuf>,
 }
 
 fn parse_settings() -> BenchResult<Settings> {
@@ -45,6 +51,8 @@ fn parse_settings() -> BenchResult<Settings> {
         core: None,
         directory: std::env::temp_dir(),
         json: target.join("bench-results/engine.json"),
+        only: None,
+        startup_dir: None,
     };
     let mut arguments = std::env::args().skip(1);
     while let Some(flag) = arguments.next() {
@@ -59,6 +67,8 @@ fn parse_settings() -> BenchResult<Settings> {
             "--core" => settings.core = Some(number()?),
             "--dir" => settings.directory = PathBuf::from(&value),
             "--json" => settings.json = PathBuf::from(&value),
+            "--startup-dir" => settings.startup_dir = Some(PathBuf::from(&value)),
+            "--only" => settings.only = Some(value.split(',').map(str::to_string).collect()),
             _ => return Err(format!("unknown option {flag}").into()),
         }
     }
@@ -88,6 +98,12 @@ fn pin(core: Option<usize>) -> String {
     } else {
         format!("not pinned (sched_setaffinity to core {} failed)", chosen.id)
     }
+}
+
+/// Writes back every dirty page in the system (`sync(1)`), untimed, so one
+/// engine's leftover writeback does not land in the next one's window.
+fn flush_page_cache() {
+    let _ = std::process::Command::new("sync").status();
 }
 
 /// One printed row and one JSON row.
@@ -227,6 +243,7 @@ fn run_put_get(
             let directory = tempfile::Builder::new()
                 .prefix(&format!("engine-compare-{}-", peer.name()))
                 .tempdir_in(&settings.directory)?;
+            flush_page_cache();
             let measured = peer.put_get(directory.path(), workload)?;
             let (puts, gets) = (
                 ops_per_s(workload.keys.len(), measured.put_elapsed),
@@ -264,6 +281,7 @@ fn run_group_commit(
             let directory = tempfile::Builder::new()
                 .prefix(&format!("engine-compare-sync-{}-", peer.name()))
                 .tempdir_in(&settings.directory)?;
+            flush_page_cache();
             let elapsed = peer.group_commit(
                 directory.path(),
                 workload,
@@ -286,21 +304,32 @@ fn run_group_commit(
 
 /// Builds a store of `--startup-keys` keys once and times `--rounds` opens.
 fn run_startup(settings: &Settings) -> BenchResult<Samples> {
-    let directory = tempfile::Builder::new()
-        .prefix("engine-compare-startup-")
-        .tempdir_in(&settings.directory)?;
-    let (loaded, closed) =
-        meridian_peer::build_for_startup(directory.path(), settings.startup_keys)?;
-    println!(
-        "start-up store: {} keys loaded in {:.1} s, closed (hints written) in {:.1} s",
-        settings.startup_keys,
-        loaded.as_secs_f64(),
-        closed.as_secs_f64()
-    );
+    let temporary;
+    let directory = match &settings.startup_dir {
+        Some(path) => path.clone(),
+        None => {
+            temporary = tempfile::Builder::new()
+                .prefix("engine-compare-startup-")
+                .tempdir_in(&settings.directory)?;
+            temporary.path().to_path_buf()
+        }
+    };
+    if directory.join("LOCK").exists() {
+        println!("start-up store: reusing {}", directory.display());
+    } else {
+        let (loaded, closed) =
+            meridian_peer::build_for_startup(&directory, settings.startup_keys)?;
+        println!(
+            "start-up store: {} keys loaded in {:.1} s, closed (hints written) in {:.1} s",
+            settings.startup_keys,
+            loaded.as_secs_f64(),
+            closed.as_secs_f64()
+        );
+    }
     let mut samples = Samples::default();
     for round in 0..settings.rounds {
         let (elapsed, hinted, segments) =
-            meridian_peer::timed_open(directory.path(), settings.startup_keys)?;
+            meridian_peer::timed_open(&directory, settings.startup_keys)?;
         println!(
             "round {} open of {} keys: {:.3} s ({hinted} of {segments} segments from hints)",
             round + 1,
@@ -356,6 +385,18 @@ fn main() -> BenchResult<()> {
     let peers: [&dyn Peer; 4] = [&meridian, &fjall, &redb, &lmdb];
     for peer in peers {
         println!("  {:<9} {}", peer.name(), peer.settings());
+    }
+    if settings.only.as_ref().is_some_and(|only| only.iter().any(|name| name == "startup")) {
+        run_startup(&settings)?;
+        return Ok(());
+    }
+    if let Some(only) = &settings.only {
+        let chosen: Vec<&dyn Peer> = peers
+            .into_iter()
+            .filter(|peer| only.iter().any(|name| name == peer.name()))
+            .collect();
+        run_put_get(&settings, &workload, &chosen)?;
+        return Ok(());
     }
     let put_get = run_put_get(&settings, &workload, &peers)?;
 
