@@ -458,6 +458,22 @@ pub use crate::{
 };
 pub use enclose::enclose;
 pub use scopeguard::defer;
+
+// MERIDIAN PATCH: lets Meridian's tests check that the vendored patch is in
+// effect (see vendor/README.md in the Meridian repository).
+/// `IORING_SETUP_COOP_TASKRUN`: completions do not interrupt the executor.
+pub const MERIDIAN_IORING_SETUP_COOP_TASKRUN: u32 = uring_sys::IORING_SETUP_COOP_TASKRUN;
+/// `IORING_SETUP_TASKRUN_FLAG`: the kernel flags pending completion work.
+pub const MERIDIAN_IORING_SETUP_TASKRUN_FLAG: u32 = uring_sys::IORING_SETUP_TASKRUN_FLAG;
+
+// MERIDIAN PATCH: see above.
+/// Returns the io_uring setup flags (`IORING_SETUP_*`) in effect on the main
+/// ring of the executor running on this thread, or `None` when no
+/// [`LocalExecutor`] runs on this thread.
+pub fn meridian_ring_setup_flags() -> Option<u32> {
+    executor::executor_id()?;
+    Some(executor().reactor().sys.main_ring_setup_flags())
+}
 use sketches_ddsketch::DDSketch;
 use std::{
     fmt::{Debug, Formatter},

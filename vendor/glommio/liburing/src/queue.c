@@ -35,9 +35,16 @@ static inline bool sq_ring_needs_enter(struct io_uring *ring, unsigned *flags)
 	return false;
 }
 
+/*
+ * MERIDIAN PATCH: as liburing >= 2.2 does, also enter the kernel (GETEVENTS)
+ * when it flags pending task work: on a ring set up with
+ * IORING_SETUP_COOP_TASKRUN completions wait there until we enter, and
+ * io_uring_peek_cqe() would otherwise report an empty CQ ring.
+ */
 static inline bool cq_ring_needs_flush(struct io_uring *ring)
 {
-	return IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_CQ_OVERFLOW;
+	return IO_URING_READ_ONCE(*ring->sq.kflags) &
+		(IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN);
 }
 
 static int __io_uring_peek_cqe(struct io_uring *ring,

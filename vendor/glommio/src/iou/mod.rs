@@ -92,6 +92,13 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        // MERIDIAN PATCH: cooperative task running (Linux 5.19), see vendor/README.md.
+        /// Run completion task work when the thread next enters the kernel
+        /// instead of interrupting it (`IORING_SETUP_COOP_TASKRUN`).
+        const COOP_TASKRUN = crate::uring_sys::IORING_SETUP_COOP_TASKRUN;
+        /// Set `IORING_SQ_TASKRUN` in the SQ flags while such task work is
+        /// pending (`IORING_SETUP_TASKRUN_FLAG`).
+        const TASKRUN_FLAG = crate::uring_sys::IORING_SETUP_TASKRUN_FLAG;
     }
 }
 

@@ -902,9 +902,36 @@ impl SleepableRing {
         allocator: Rc<UringBufferAllocator>,
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
+        // MERIDIAN PATCH: `new` keeps upstream's flagless ring (latency ring,
+        // unit tests); the main ring is built by `new_with_flags` below.
+        Self::new_with_flags(size, name, allocator, source_map, iou::SetupFlags::empty())
+    }
+
+    // MERIDIAN PATCH: like `new`, asking the kernel for `flags` and falling
+    // back to no flags if it refuses them (EINVAL: a kernel older than the
+    // flags). See vendor/README.md.
+    fn new_with_flags(
+        size: usize,
+        name: &'static str,
+        allocator: Rc<UringBufferAllocator>,
+        source_map: Rc<RefCell<SourceMap>>,
+        flags: iou::SetupFlags,
+    ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
+        let flag_bits = flags.bits();
+        let ring = match iou::IoUring::new_with_flags(size as _, flags, iou::SetupFeatures::empty())
+        {
+            Err(err) if flag_bits != 0 && err.raw_os_error() == Some(libc::EINVAL) => {
+                warn!(
+                    "io_uring refused setup flags {:#x} for the {} ring ({}); using none",
+                    flag_bits, name, err
+                );
+                iou::IoUring::new(size as _)?
+            }
+            ring => ring?,
+        };
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -1306,8 +1333,20 @@ impl Reactor {
         let allocator = Rc::new(UringBufferAllocator::new(io_memory));
         let registry = vec![allocator.as_bytes()];
 
-        let main_ring =
-            SleepableRing::new(ring_depth, "main", allocator.clone(), source_map.clone())?;
+        // MERIDIAN PATCH: socket polls complete on the main ring. Without
+        // COOP_TASKRUN each completion interrupts this thread (an IPI) to run
+        // its task work; with it the work waits until we next enter the kernel,
+        // which liburing's cq_ring_needs_flush() now does when TASKRUN_FLAG
+        // raises IORING_SQ_TASKRUN. The latency ring keeps no flags: need_preempt()
+        // reads its CQ tail without entering the kernel. The poll ring (IOPOLL)
+        // is reaped by io_uring_enter anyway.
+        let main_ring = SleepableRing::new_with_flags(
+            ring_depth,
+            "main",
+            allocator.clone(),
+            source_map.clone(),
+            iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG,
+        )?;
         let poll_ring = PollRing::new(ring_depth, allocator.clone(), source_map.clone())?;
         let mut latency_ring =
             SleepableRing::new(ring_depth, "latency", allocator.clone(), source_map.clone())?;
@@ -1369,6 +1408,12 @@ impl Reactor {
 
     pub(crate) fn ring_depth(&self) -> usize {
         self.rings_depth
+    }
+
+    // MERIDIAN PATCH: the setup flags in effect on the main ring, for
+    // `glommio::meridian_ring_setup_flags()`.
+    pub(crate) fn main_ring_setup_flags(&self) -> u32 {
+        self.main_ring.borrow().ring.raw().flags
     }
 
     pub(crate) fn install_eventfd(&self) {

@@ -234,6 +234,8 @@ struct io_sqring_offsets {
  */
 #define IORING_SQ_NEED_WAKEUP	(1U << 0) /* needs io_uring_enter wakeup */
 #define IORING_SQ_CQ_OVERFLOW	(1U << 1) /* CQ ring is overflown */
+/* MERIDIAN PATCH: task work pending (IORING_SETUP_TASKRUN_FLAG, Linux 5.19). */
+#define IORING_SQ_TASKRUN	(1U << 2)
 
 struct io_cqring_offsets {
 	__u32 head;
