@@ -849,3 +849,13 @@ pub(crate) mod test_utils {
         error!("Started tracing..");
     }
 }
+
+// MERIDIAN PATCH: fdatasync of a file descriptor the caller owns, through the
+// executor's io_uring, so a thread-per-core store syncs without blocking its
+// core and without a helper thread (see vendor/README.md in Meridian).
+/// Issues `fdatasync(2)` on `fd` through the current executor's io_uring.
+/// The caller keeps `fd` open until the returned future resolves.
+pub async fn meridian_fdatasync(fd: std::os::unix::io::RawFd) -> std::io::Result<()> {
+    let source = executor().reactor().fdatasync(fd);
+    source.collect_rw().await.map(|_| ())
+}
