@@ -87,15 +87,22 @@ impl Connection {
         let mut chunk = vec![0u8; READ_CHUNK_BYTES];
         let shard = Rc::clone(&self.shard);
         let counters = &shard.counters;
+        // Set when `process` stopped at `requests_in_flight_max` with frames
+        // possibly left in `input`: execute those before reading again, or
+        // a client waiting for their answers would wait forever.
+        let mut backlog = false;
         loop {
-            let read = match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(read) => read,
-            };
-            ShardCounters::add(&counters.bytes_in, read as u64);
-            input.extend_from_slice(&chunk[..read]);
+            if !backlog {
+                let read = match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => read,
+                };
+                ShardCounters::add(&counters.bytes_in, read as u64);
+                input.extend_from_slice(&chunk[..read]);
+            }
             self.busy.set(true);
-            let close = self.process(&mut input, &mut output).await;
+            let (close, saturated) = self.process(&mut input, &mut output).await;
+            backlog = saturated;
             self.busy.set(false);
             if !output.is_empty() {
                 ShardCounters::add(&counters.bytes_out, output.len() as u64);
@@ -111,8 +118,10 @@ impl Connection {
         }
     }
 
-    /// Executes every complete frame in `input`; returns true to close.
-    async fn process(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> bool {
+    /// Executes the complete frames in `input`, at most
+    /// `requests_in_flight_max`; returns whether to close, and whether it
+    /// stopped at that limit (more frames may be waiting in `input`).
+    async fn process(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> (bool, bool) {
         let in_flight_max = self.shard.config.limits.requests_in_flight_max;
         let mut slots: Vec<(u32, Slot)> = Vec::new();
         let mut wait_epoch = None;
@@ -141,6 +150,7 @@ impl Connection {
                 break;
             }
         }
+        let saturated = !close && slots.len() >= in_flight_max;
         let synced = match wait_epoch {
             Some(epoch) => self.shard.wait_synced(epoch).await,
             None => Ok(()),
@@ -161,7 +171,7 @@ impl Connection {
             };
             self.send(request_id, &response, output);
         }
-        close
+        (close, saturated)
     }
 
     fn send(&self, request_id: u32, response: &Response, output: &mut BytesMut) {
