@@ -227,6 +227,16 @@ fn load_tail(store: &mut Store, id: u32, digests: &mut Vec<u64>) -> Result<bool>
     // that never reached the disk) are zeroed, so appends cannot make them
     // readable again.
     let cut = !end.sealed;
+    // The writer keeps room for a seal after every record; a file too short
+    // for it was cut short from outside, and rolling over would fail.
+    let seal_end = end.data_end as u64 + format::RECORD_HEADER_LEN as u64;
+    if cut && (store.segment(slot).capacity() as u64) < seal_end {
+        return Err(Error::corrupt(
+            &path,
+            end.data_end as u64,
+            "tail segment ends before the room of its seal record",
+        ));
+    }
     if let Some((offset, reason)) = end.damage {
         let lost = store.segment(slot).capacity() - offset;
         tracing::warn!(path = %path.display(), offset, %reason, "torn tail cut");
