@@ -185,6 +185,98 @@ impl KeyDir {
         slot
     }
 
+    /// The slot of the entry for which `is_key` holds (as `find`), or, when
+    /// there is none, `entry` added in a new slot: `Err(existing)` or
+    /// `Ok(new)`. One probe of the index where `find` then `insert` take two
+    /// (recovery replays millions of records through this).
+    pub(crate) fn find_or_insert(
+        &mut self,
+        entry: Entry,
+        mut is_key: impl FnMut(&Entry) -> bool,
+    ) -> Result<u32, u32> {
+        assert!(entry.segment != FREE_SLOT);
+        let hash_high = entry.hash_high;
+        let chunks = &self.chunks;
+        let found = self.index.entry(
+            table_hash(hash_high),
+            |&slot| {
+                let other = &chunks[slot as usize / CHUNK_ENTRIES][slot as usize % CHUNK_ENTRIES];
+                other.hash_high == hash_high && is_key(other)
+            },
+            |&slot| {
+                table_hash(
+                    chunks[slot as usize / CHUNK_ENTRIES][slot as usize % CHUNK_ENTRIES].hash_high,
+                )
+            },
+        );
+        let vacant = match found {
+            hashbrown::hash_table::Entry::Occupied(occupied) => return Err(*occupied.get()),
+            hashbrown::hash_table::Entry::Vacant(vacant) => vacant,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                let slot = self.high_water;
+                assert!(slot < FREE_SLOT, "key directory full");
+                if slot as usize % CHUNK_ENTRIES == 0 {
+                    self.chunks.push(Self::free_chunk());
+                }
+                self.high_water += 1;
+                slot
+            }
+        };
+        self.chunks[slot as usize / CHUNK_ENTRIES][slot as usize % CHUNK_ENTRIES] = entry;
+        vacant.insert(slot);
+        self.live += 1;
+        Ok(slot)
+    }
+
+    /// `items` reordered by where their hashes' probes start in the index,
+    /// coarsely (4,096 regions; a counting sort that reads `items` in order
+    /// and scatters copies). Inserting many keys in this order sweeps the
+    /// index once instead of touching it at random: recovery's cost is the
+    /// index's cache and TLB misses, not its work. Only an access order: any
+    /// order of distinct keys gives the same key directory.
+    pub(crate) fn in_insertion_order<T: Copy>(
+        &self,
+        items: &[T],
+        hash_high_of: impl Fn(&T) -> u32,
+    ) -> Vec<T> {
+        const REGION_BITS: u32 = 12;
+        // hashbrown keeps 7/8 of a power-of-two bucket count usable, and a
+        // probe starts at `hash & (buckets - 1)`.
+        let buckets = (self.index.capacity() / 7 * 8).next_power_of_two().max(1);
+        let shift = buckets.trailing_zeros().saturating_sub(REGION_BITS);
+        let region = |item: &T| -> usize {
+            ((table_hash(hash_high_of(item)) & (buckets as u64 - 1)) >> shift) as usize
+        };
+        let mut starts = vec![0usize; (1usize << REGION_BITS) + 1];
+        for item in items {
+            starts[region(item) + 1] += 1;
+        }
+        for index in 1..starts.len() {
+            starts[index] += starts[index - 1];
+        }
+        let Some(&first) = items.first() else {
+            return Vec::new();
+        };
+        let mut ordered = vec![first; items.len()];
+        for item in items {
+            let next = &mut starts[region(item)];
+            ordered[*next] = *item;
+            *next += 1;
+        }
+        ordered
+    }
+
+    fn free_chunk() -> Box<[Entry]> {
+        let free = Entry {
+            segment: FREE_SLOT,
+            ..Entry::new(0, 0, 0, 0, false, crate::Version::default(), 0)
+        };
+        vec![free; CHUNK_ENTRIES].into_boxed_slice()
+    }
+
     /// Removes the entry in `slot`.
     pub(crate) fn remove(&mut self, slot: u32) {
         let hash_high = self.get(slot).hash_high;
@@ -246,6 +338,49 @@ mod tests {
         let c = keydir.insert(entry(9, 300));
         assert_eq!(c, a, "free slot reused");
         assert_eq!(keydir.iter().count(), 2);
+    }
+
+    #[test]
+    fn find_or_insert_finds_or_adds_once() {
+        let mut keydir = KeyDir::default();
+        let a = keydir
+            .find_or_insert(entry(7, 100), |_| false)
+            .expect("added");
+        let b = keydir
+            .find_or_insert(entry(7, 200), |e| e.offset == 200)
+            .expect("same hash, other key: added");
+        assert_ne!(a, b);
+        assert_eq!(
+            keydir.find_or_insert(entry(7, 300), |e| e.offset == 100),
+            Err(a)
+        );
+        assert_eq!(keydir.len(), 2);
+        assert_eq!(keydir.find(7, |e| e.offset == 200), Some(b));
+        for i in 0..20_000u32 {
+            let hash = i.wrapping_mul(2_654_435_761);
+            assert!(keydir
+                .find_or_insert(entry(hash, i), |e| e.offset == i)
+                .is_ok());
+        }
+        assert_eq!(keydir.len(), 20_002);
+        assert_eq!(
+            keydir.find_or_insert(entry(0, 0), |e| e.offset == 0),
+            Err(2)
+        );
+    }
+
+    #[test]
+    fn insertion_order_is_a_permutation() {
+        let keydir = KeyDir::with_capacity(100_000);
+        let hashes: Vec<u32> = (0..50_000u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
+        let mut ordered = keydir.in_insertion_order(&hashes, |&h| h);
+        assert_ne!(ordered, hashes);
+        ordered.sort_unstable();
+        let mut sorted = hashes.clone();
+        sorted.sort_unstable();
+        assert_eq!(ordered, sorted);
+        assert!(KeyDir::default().in_insertion_order(&[], |&h: &u32| h).is_empty());
+        assert_eq!(KeyDir::default().in_insertion_order(&[5u32, 9], |&h| h).len(), 2);
     }
 
     #[test]

@@ -145,7 +145,13 @@ fn load_sealed(store: &mut Store, id: u32, digests: &mut Vec<u64>) -> Result<()>
         if hint.data_end < capacity && hint.entries.iter().all(fits) {
             store.segment_mut(slot).set_extent(hint.data_end, true);
             store.segment_mut(slot).hinted = true;
-            for e in &hint.entries {
+            // Within one segment a key's records have distinct versions and
+            // replay keeps the newest, so the order inside it is free: take
+            // the one that sweeps the key directory's index.
+            let entries = store
+                .keydir
+                .in_insertion_order(&hint.entries, |e| e.hash_high);
+            for e in &entries {
                 let record = Replayed {
                     offset: e.offset,
                     hash_high: e.hash_high,
@@ -280,10 +286,6 @@ fn replay(store: &mut Store, slot: u32, record: Replayed, digests: &mut Vec<u64>
             .as_ref()
             .and_then(|s| s.key_at(offset))
     };
-    let key = key_of(slot, record.offset);
-    let existing = store.keydir.find(record.hash_high, |entry| {
-        key_of(entry.segment, entry.offset) == key
-    });
     let entry = Entry::new(
         record.hash_high,
         slot,
@@ -293,8 +295,13 @@ fn replay(store: &mut Store, slot: u32, record: Replayed, digests: &mut Vec<u64>
         record.version,
         record.expires_at,
     );
+    // The record's own key is read from the log only when an entry with the
+    // same hash turns up: a hinted segment's values and keys stay untouched.
+    let existing = store.keydir.find_or_insert(entry, |other| {
+        key_of(other.segment, other.offset) == key_of(slot, record.offset)
+    });
     match existing {
-        Some(index) => {
+        Err(index) => {
             let old = *store.keydir.get(index);
             if old.version() >= record.version {
                 return;
@@ -303,8 +310,8 @@ fn replay(store: &mut Store, slot: u32, record: Replayed, digests: &mut Vec<u64>
             store.keydir.set(index, entry);
             digests[index as usize] = record.digest;
         }
-        None => {
-            let index = store.keydir.insert(entry) as usize;
+        Ok(index) => {
+            let index = index as usize;
             if digests.len() <= index {
                 digests.resize(index + 1, 0);
             }
