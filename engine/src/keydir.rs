@@ -372,15 +372,24 @@ mod tests {
     #[test]
     fn insertion_order_is_a_permutation() {
         let keydir = KeyDir::with_capacity(100_000);
-        let hashes: Vec<u32> = (0..50_000u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
+        let hashes: Vec<u32> = (0..50_000u32)
+            .map(|i| i.wrapping_mul(2_654_435_761))
+            .collect();
         let mut ordered = keydir.in_insertion_order(&hashes, |&h| h);
         assert_ne!(ordered, hashes);
         ordered.sort_unstable();
         let mut sorted = hashes.clone();
         sorted.sort_unstable();
         assert_eq!(ordered, sorted);
-        assert!(KeyDir::default().in_insertion_order(&[], |&h: &u32| h).is_empty());
-        assert_eq!(KeyDir::default().in_insertion_order(&[5u32, 9], |&h| h).len(), 2);
+        assert!(KeyDir::default()
+            .in_insertion_order(&[], |&h: &u32| h)
+            .is_empty());
+        assert_eq!(
+            KeyDir::default()
+                .in_insertion_order(&[5u32, 9], |&h| h)
+                .len(),
+            2
+        );
     }
 
     #[test]
