@@ -10,107 +10,19 @@
 //! The moment comes from a seed printed at the start (set
 //! `MERIDIAN_TEST_SEED` to replay one).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meridian_net::client::blocking::Client;
-use meridian_net::client::core::put_request;
-use meridian_net::client::ClientConfig;
-use meridian_net::Response;
+use meridian_tests::load::{verify_acknowledged, write_until_disconnected};
 use meridian_tests::{wait_until, ServerConfig, ServerProcess};
 use rand::{Rng, SeedableRng};
 
 const CYCLES: usize = 20;
 const WRITERS: usize = 3;
-/// Requests each writer keeps in flight.
-const WINDOW: usize = 8;
 /// A writer's load ends here at the latest, even if the server never dies.
 const LOAD_DEADLINE: Duration = Duration::from_secs(10);
 const KILL_DELAY_MS: std::ops::RangeInclusive<u64> = 40..=400;
-const VERIFY_BATCH: usize = 500;
-
-/// What one writer saw: the writes acknowledged, and any error answer
-/// (under sync durability, with no fault but the kill, there must be none).
-#[derive(Debug, Default)]
-struct WriterReport {
-    acknowledged: Vec<(String, Vec<u8>)>,
-    error_answers: Vec<String>,
-}
-
-fn value_for(key: &str, sequence: usize) -> Vec<u8> {
-    // Mostly small values; every 64th one is 20 KiB so records span pages.
-    let length = if sequence % 64 == 63 {
-        20 << 10
-    } else {
-        16 + sequence % 200
-    };
-    let mut value = key.as_bytes().to_vec();
-    value.extend((0..length).map(|offset| b'a' + ((offset + sequence) % 26) as u8));
-    value
-}
-
-/// Pipelines PUTs until the connection breaks (the kill) or the deadline.
-fn write_until_killed(
-    config: ClientConfig,
-    prefix: String,
-    acknowledged_count: Arc<AtomicUsize>,
-) -> WriterReport {
-    let mut report = WriterReport::default();
-    let Ok(mut client) = Client::connect(config) else {
-        return report;
-    };
-    let mut pending: HashMap<u32, (String, Vec<u8>)> = HashMap::new();
-    let deadline = Instant::now() + LOAD_DEADLINE;
-    let mut sequence = 0;
-    while Instant::now() < deadline {
-        while pending.len() < WINDOW {
-            let key = format!("{prefix}-{sequence}");
-            let value = value_for(&key, sequence);
-            sequence += 1;
-            match client.send(&put_request(key.as_bytes(), &value, None)) {
-                Ok(id) => pending.insert(id, (key, value)),
-                Err(_) => return report,
-            };
-        }
-        let Ok((id, response)) = client.recv_any() else {
-            return report;
-        };
-        let Some(write) = pending.remove(&id) else {
-            report
-                .error_answers
-                .push(format!("answer to unknown request {id}"));
-            continue;
-        };
-        match response {
-            Response::Written { .. } => {
-                report.acknowledged.push(write);
-                acknowledged_count.fetch_add(1, Ordering::SeqCst);
-            }
-            other => report.error_answers.push(format!("{}: {other:?}", write.0)),
-        }
-    }
-    report
-}
-
-fn verify(client: &mut Client, acknowledged: &[(String, Vec<u8>)], cycle: usize) {
-    for chunk in acknowledged.chunks(VERIFY_BATCH) {
-        let keys: Vec<&str> = chunk.iter().map(|(key, _)| key.as_str()).collect();
-        let found = client.mget(&keys).expect("mget after restart");
-        for ((key, value), entry) in chunk.iter().zip(found) {
-            let entry = entry.unwrap_or_else(|| {
-                panic!("cycle {cycle}: acknowledged write {key} is missing after SIGKILL")
-            });
-            assert!(
-                entry.value[..] == value[..],
-                "cycle {cycle}: {key} came back with {} bytes, {} written",
-                entry.value.len(),
-                value.len()
-            );
-        }
-    }
-}
 
 #[test]
 fn acknowledged_sync_writes_survive_sigkill() {
@@ -130,7 +42,9 @@ fn acknowledged_sync_writes_survive_sigkill() {
             .map(|writer| {
                 let (config, count) = (config.clone(), Arc::clone(&acknowledged_count));
                 let prefix = format!("cycle-{cycle}-writer-{writer}");
-                std::thread::spawn(move || write_until_killed(config, prefix, count))
+                std::thread::spawn(move || {
+                    write_until_disconnected(config, prefix, count, LOAD_DEADLINE)
+                })
             })
             .collect();
         let loaded = wait_until(Instant::now() + LOAD_DEADLINE, || {
@@ -157,13 +71,21 @@ fn acknowledged_sync_writes_survive_sigkill() {
         }
         server.restart();
         let mut client = server.client();
-        verify(&mut client, &all_acknowledged, cycle);
+        verify_acknowledged(
+            &mut client,
+            &all_acknowledged,
+            &format!("cycle {cycle}, after SIGKILL"),
+        );
         println!(
             "cycle {cycle}: {cycle_count} acknowledged, {} verified",
             all_acknowledged.len()
         );
     }
     server.restart();
-    verify(&mut server.client(), &all_acknowledged, CYCLES);
+    verify_acknowledged(
+        &mut server.client(),
+        &all_acknowledged,
+        "after the last clean restart",
+    );
     server.stop();
 }
