@@ -96,7 +96,10 @@ fn pin(core: Option<usize>) -> String {
             cores.len()
         )
     } else {
-        format!("not pinned (sched_setaffinity to core {} failed)", chosen.id)
+        format!(
+            "not pinned (sched_setaffinity to core {} failed)",
+            chosen.id
+        )
     }
 }
 
@@ -172,7 +175,13 @@ fn spread(samples: &Samples) -> String {
 fn print_table(figures: &[Figure]) {
     println!(
         "\n{:<46} {:<26} {:<6} {:<26} {:>8} {:>7} {:>4}",
-        "figure", "meridian median [min–max]", "peer", "peer median [min–max]", "ratio", "goal", "met"
+        "figure",
+        "meridian median [min–max]",
+        "peer",
+        "peer median [min–max]",
+        "ratio",
+        "goal",
+        "met"
     );
     for figure in figures {
         let ratio = figure.ratio();
@@ -317,8 +326,7 @@ fn run_startup(settings: &Settings) -> BenchResult<Samples> {
     if directory.join("LOCK").exists() {
         println!("start-up store: reusing {}", directory.display());
     } else {
-        let (loaded, closed) =
-            meridian_peer::build_for_startup(&directory, settings.startup_keys)?;
+        let (loaded, closed) = meridian_peer::build_for_startup(&directory, settings.startup_keys)?;
         println!(
             "start-up store: {} keys loaded in {:.1} s, closed (hints written) in {:.1} s",
             settings.startup_keys,
@@ -379,14 +387,21 @@ fn main() -> BenchResult<()> {
     let settings = parse_settings()?;
     let pinned = pin(settings.core);
     println!("engine_compare: {KEY_LEN}-byte keys, {VALUE_LEN}-byte values, {} keys, one thread, {} rounds (engines alternated), {pinned}", settings.keys, settings.rounds);
-    println!("temp dir: {} (page cache warm; figures are medians of the rounds)", settings.directory.display());
+    println!(
+        "temp dir: {} (page cache warm; figures are medians of the rounds)",
+        settings.directory.display()
+    );
     let workload = Workload::new(settings.keys, settings.keys, 0x5EED);
     let (meridian, fjall, redb, lmdb) = (Meridian, Fjall, Redb, Lmdb);
     let peers: [&dyn Peer; 4] = [&meridian, &fjall, &redb, &lmdb];
     for peer in peers {
         println!("  {:<9} {}", peer.name(), peer.settings());
     }
-    if settings.only.as_ref().is_some_and(|only| only.iter().any(|name| name == "startup")) {
+    if settings
+        .only
+        .as_ref()
+        .is_some_and(|only| only.iter().any(|name| name == "startup"))
+    {
         run_startup(&settings)?;
         return Ok(());
     }
@@ -406,29 +421,97 @@ fn main() -> BenchResult<()> {
         settings.groups, settings.group_len
     );
     for peer in group_peers {
-        println!("  {:<9} {}", GroupCommitPeer::name(peer), GroupCommitPeer::settings(peer));
+        println!(
+            "  {:<9} {}",
+            GroupCommitPeer::name(peer),
+            GroupCommitPeer::settings(peer)
+        );
     }
     let synced = run_group_commit(&settings, &workload, &group_peers)?;
 
     let mut figures = vec![
-        ratio_figure("put_no_sync", "ops/s", &put_get.puts[0], "fjall", &put_get.puts[1], 8.0),
-        ratio_figure("put_no_sync", "ops/s", &put_get.puts[0], "lmdb", &put_get.puts[3], 8.0),
-        ratio_figure("put_no_sync", "ops/s", &put_get.puts[0], "redb", &put_get.puts[2], 15.0),
-        ratio_figure("get_warm_uniform", "ops/s", &put_get.gets[0], "lmdb", &put_get.gets[3], 1.5),
-        ratio_figure("get_warm_uniform", "ops/s", &put_get.gets[0], "fjall", &put_get.gets[1], 0.0),
-        ratio_figure("get_warm_uniform", "ops/s", &put_get.gets[0], "redb", &put_get.gets[2], 0.0),
-        ratio_figure("put_sync_group64", "ops/s", &synced[0], "redb", &synced[1], 5.0),
+        ratio_figure(
+            "put_no_sync",
+            "ops/s",
+            &put_get.puts[0],
+            "fjall",
+            &put_get.puts[1],
+            8.0,
+        ),
+        ratio_figure(
+            "put_no_sync",
+            "ops/s",
+            &put_get.puts[0],
+            "lmdb",
+            &put_get.puts[3],
+            8.0,
+        ),
+        ratio_figure(
+            "put_no_sync",
+            "ops/s",
+            &put_get.puts[0],
+            "redb",
+            &put_get.puts[2],
+            15.0,
+        ),
+        ratio_figure(
+            "get_warm_uniform",
+            "ops/s",
+            &put_get.gets[0],
+            "lmdb",
+            &put_get.gets[3],
+            1.5,
+        ),
+        ratio_figure(
+            "get_warm_uniform",
+            "ops/s",
+            &put_get.gets[0],
+            "fjall",
+            &put_get.gets[1],
+            0.0,
+        ),
+        ratio_figure(
+            "get_warm_uniform",
+            "ops/s",
+            &put_get.gets[0],
+            "redb",
+            &put_get.gets[2],
+            0.0,
+        ),
+        ratio_figure(
+            "put_sync_group64",
+            "ops/s",
+            &synced[0],
+            "redb",
+            &synced[1],
+            5.0,
+        ),
     ];
     // The fjall and redb gets are printed for reference; they carry no goal.
     for figure in &mut figures[4..6] {
         figure.goal_text = "-".to_string();
     }
     let goal_bytes = (KEY_LEN + 48) as f64;
-    figures.push(goal_figure("keydir_steady", "bytes/key, ratio=goal/value", put_get.keydir_steady, goal_bytes));
-    figures.push(goal_figure("keydir_peak", "bytes/key, ratio=goal/value", put_get.keydir_peak, goal_bytes));
+    figures.push(goal_figure(
+        "keydir_steady",
+        "bytes/key, ratio=goal/value",
+        put_get.keydir_steady,
+        goal_bytes,
+    ));
+    figures.push(goal_figure(
+        "keydir_peak",
+        "bytes/key, ratio=goal/value",
+        put_get.keydir_peak,
+        goal_bytes,
+    ));
     if settings.startup_keys > 0 {
         let startup = run_startup(&settings)?;
-        figures.push(goal_figure("open_10m_keys_warm_cache", "s, ratio=goal/value", startup, 2.0));
+        figures.push(goal_figure(
+            "open_10m_keys_warm_cache",
+            "s, ratio=goal/value",
+            startup,
+            2.0,
+        ));
     }
     print_table(&figures);
     write_json(&settings.json, &figures)?;

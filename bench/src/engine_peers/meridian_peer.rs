@@ -144,7 +144,9 @@ pub fn timed_open(directory: &Path, keys: usize) -> BenchResult<(Duration, usize
         return Err(format!("reopened store holds {} keys, expected {keys}", stats.keys).into());
     }
     let probe = keys as u64 / 2;
-    let entry = store.get(&key_of(probe))?.ok_or("reopened store: key missing")?;
+    let entry = store
+        .get(&key_of(probe))?
+        .ok_or("reopened store: key missing")?;
     check_value(probe, &entry.value)?;
     Ok((elapsed, stats.segments_loaded_from_hints, stats.segments))
 }

@@ -86,7 +86,10 @@ impl GroupCommitPeer for Redb {
         groups: usize,
         group_len: usize,
     ) -> BenchResult<Duration> {
-        assert!(groups * group_len <= workload.keys.len(), "more puts than keys");
+        assert!(
+            groups * group_len <= workload.keys.len(),
+            "more puts than keys"
+        );
         let database = create(directory)?;
         let start = Instant::now();
         for group in 0..groups {
