@@ -1,0 +1,557 @@
+//! The claim: which node owns each partition.
+//!
+//! Goal, in order: (1) any N consecutive partitions sit on N distinct nodes,
+//! and on N distinct racks when racks are configured; (2) a join or a leave
+//! moves close to the minimum number of partitions; (3) every node owns
+//! `partitions / nodes` partitions, give or take one.
+//!
+//! Why it is built this way: a claim computed from scratch (Riak's
+//! "sequential" claim) is perfectly spread but moves most of the ring on
+//! every membership change. This claim is incremental instead: it starts from
+//! the current target owners and only moves what must move.
+//!
+//! 1. *Targets.* Each eligible node's share is `partitions / nodes`; the
+//!    remainder goes to the nodes that own most today, so fewer move.
+//! 2. *Shedding.* Partitions of a node that is going away (holes), and the
+//!    surplus of nodes above their share, go to nodes below their share,
+//!    visiting partitions in bit-reversed order (a low-discrepancy sequence:
+//!    0, P/2, P/4, 3P/4, ...) so that a joining node's partitions spread
+//!    evenly round the ring. A partition is only given to a node that
+//!    conflicts with nothing within N-1 positions on either side. Partitions
+//!    that are in conflict today are offered first, so the move fixes them.
+//! 3. *Repair.* While some partition still conflicts with a neighbour, it is
+//!    handed to a node without conflict there (back to its original owner
+//!    when possible), or swapped with a partition elsewhere when that lowers
+//!    the number of conflicts. Bounded by a number of rounds.
+//!
+//! "Conflict" is measured with windows `min(N, nodes)` for nodes and
+//! `min(N, racks)` for racks, so with fewer nodes (racks) than N the claim
+//! still spreads them as far as possible: every window of N partitions holds
+//! all of them wherever the ring size allows.
+//!
+//! Limits (property-tested in `tests/claim.rs`): with at least N+1 nodes the
+//! windows are always distinct. With exactly N nodes they can be only when N
+//! divides the ring size (three nodes cannot tile 256 slots in threes): the
+//! wrap-around then leaves a few windows with N-1 distinct nodes. Racks are
+//! honoured as far as their sizes allow: a rack holding more than `1/N` of
+//! the nodes cannot keep its share and stay `N` apart.
+//!
+//! Invariants:
+//! - the output has one eligible owner per partition;
+//! - a partition owned by an eligible node moves only to reach a target,
+//!   to fix a conflict, or in a conflict-lowering swap;
+//! - the total number of conflicts never grows during repair.
+
+use std::collections::BTreeMap;
+
+use crate::ring::NodeId;
+
+/// A node that may own partitions after the claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimant<'a> {
+    pub id: NodeId,
+    pub rack: Option<&'a str>,
+}
+
+/// Bound on the rounds of repair.
+const REPAIR_ROUNDS_MAX: usize = 64;
+
+/// The next owners of a ring whose target owners are `owners` and whose
+/// owners from now on are `nodes` (sorted by id, non-empty). Nodes that own
+/// partitions in `owners` but are not in `nodes` lose all of them.
+pub fn claim(owners: &[NodeId], nodes: &[Claimant<'_>], replicas: u8) -> Vec<NodeId> {
+    assert!(!nodes.is_empty(), "claim needs at least one node");
+    assert!(owners.len().is_power_of_two());
+    let mut layout = Layout::new(owners, nodes, replicas);
+    layout.set_targets();
+    layout.shed();
+    layout.anchor = layout.owners.clone();
+    layout.repair();
+    if layout.violations() > 0 {
+        layout.solve_exactly();
+    }
+    let claimed: Vec<NodeId> = layout
+        .owners
+        .iter()
+        .map(|&o| layout.ids[o as usize])
+        .collect();
+    debug_assert!(claimed.iter().all(|id| nodes.iter().any(|n| n.id == *id)));
+    claimed
+}
+
+/// The number of windows of `replicas` consecutive partitions (wrapping)
+/// whose owners are not all distinct, given how many distinct owners exist.
+/// Zero on a ring whose claim succeeded; used by tests and diagnostics.
+pub fn window_violations(owners: &[NodeId], replicas: u8) -> usize {
+    let distinct_nodes = owners
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let window = usize::from(replicas).min(distinct_nodes);
+    count_short_windows(owners, usize::from(replicas), window)
+}
+
+/// Windows of `length` consecutive entries of `keys` (wrapping) holding
+/// fewer than `wanted` distinct values.
+pub fn count_short_windows<T: PartialEq>(keys: &[T], length: usize, wanted: usize) -> usize {
+    let count = keys.len();
+    (0..count)
+        .filter(|&start| {
+            let mut seen: Vec<&T> = Vec::with_capacity(length);
+            for step in 0..length.min(count) {
+                let key = &keys[(start + step) % count];
+                if !seen.contains(&key) {
+                    seen.push(key);
+                }
+            }
+            seen.len() < wanted.min(count)
+        })
+        .count()
+}
+
+/// The claim's working state, with nodes renamed to dense indices.
+struct Layout {
+    ids: Vec<NodeId>,
+    rack: Vec<u32>,
+    eligible: Vec<bool>,
+    original: Vec<u16>,
+    /// The owners after shedding: the moves a plan means to make.
+    anchor: Vec<u16>,
+    owners: Vec<u16>,
+    load: Vec<u32>,
+    target: Vec<u32>,
+    node_window: usize,
+    rack_window: usize,
+}
+
+impl Layout {
+    fn new(owners: &[NodeId], nodes: &[Claimant<'_>], replicas: u8) -> Layout {
+        let mut ids: Vec<NodeId> = nodes
+            .iter()
+            .map(|n| n.id)
+            .chain(owners.iter().copied())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let index = |id: NodeId| ids.binary_search(&id).expect("collected above") as u16;
+        let mut rack_names: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut rack = Vec::with_capacity(ids.len());
+        let mut eligible = vec![false; ids.len()];
+        for (i, &id) in ids.iter().enumerate() {
+            let node = nodes.iter().find(|n| n.id == id);
+            eligible[i] = node.is_some();
+            // A node without a rack is a rack of its own.
+            let name = node.and_then(|n| n.rack);
+            let next = ids.len() as u32 + rack_names.len() as u32;
+            rack.push(match name {
+                Some(name) => *rack_names.entry(name).or_insert(next),
+                None => i as u32,
+            });
+        }
+        let dense: Vec<u16> = owners.iter().map(|&o| index(o)).collect();
+        let mut load = vec![0u32; ids.len()];
+        for &o in &dense {
+            load[o as usize] += 1;
+        }
+        let replicas = usize::from(replicas);
+        let node_count = nodes.len();
+        let racks_configured = nodes.iter().any(|n| n.rack.is_some());
+        let rack_count = {
+            let mut racks: Vec<u32> = (0..ids.len())
+                .filter(|&i| eligible[i])
+                .map(|i| rack[i])
+                .collect();
+            racks.sort_unstable();
+            racks.dedup();
+            racks.len()
+        };
+        Layout {
+            ids,
+            rack,
+            eligible,
+            original: dense.clone(),
+            anchor: dense.clone(),
+            owners: dense,
+            load,
+            target: Vec::new(),
+            node_window: replicas.min(node_count),
+            rack_window: if racks_configured {
+                replicas.min(rack_count)
+            } else {
+                0
+            },
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.owners.len()
+    }
+
+    /// Conflicts of `who` placed at `partition` with the owners within the
+    /// windows on either side. Holes (owners going away) conflict with
+    /// nothing.
+    fn conflicts(&self, partition: usize, who: u16) -> u32 {
+        let count = self.len();
+        let reach = self.node_window.max(self.rack_window);
+        let mut conflicts = 0;
+        for distance in 1..reach {
+            for q in [
+                (partition + distance) % count,
+                (partition + count - distance) % count,
+            ] {
+                let other = self.owners[q];
+                if !self.eligible[other as usize] {
+                    continue;
+                }
+                if distance < self.node_window && other == who {
+                    conflicts += 1;
+                }
+                if distance < self.rack_window
+                    && self.rack[other as usize] == self.rack[who as usize]
+                {
+                    conflicts += 1;
+                }
+            }
+        }
+        conflicts
+    }
+
+    fn assign(&mut self, partition: usize, who: u16) {
+        let previous = self.owners[partition];
+        self.load[previous as usize] -= 1;
+        self.load[who as usize] += 1;
+        self.owners[partition] = who;
+    }
+
+    /// Even shares; the remainder to the nodes owning most today.
+    fn set_targets(&mut self) {
+        let mut order: Vec<usize> = (0..self.ids.len()).filter(|&i| self.eligible[i]).collect();
+        order.sort_by_key(|&i| (std::cmp::Reverse(self.load[i]), i));
+        let base = self.len() / order.len();
+        let extra = self.len() % order.len();
+        self.target = vec![0; self.ids.len()];
+        for (rank, &i) in order.iter().enumerate() {
+            self.target[i] = (base + usize::from(rank < extra)) as u32;
+        }
+        debug_assert_eq!(self.target.iter().sum::<u32>() as usize, self.len());
+    }
+
+    fn is_hole(&self, partition: usize) -> bool {
+        !self.eligible[self.owners[partition] as usize]
+    }
+
+    fn has_surplus(&self, partition: usize) -> bool {
+        let owner = self.owners[partition] as usize;
+        self.load[owner] > self.target[owner]
+    }
+
+    /// The node below its share, without conflict at `partition`, that is
+    /// furthest below its share.
+    fn receiver(&self, partition: usize) -> Option<u16> {
+        (0..self.ids.len() as u16)
+            .filter(|&y| {
+                self.eligible[y as usize] && self.load[y as usize] < self.target[y as usize]
+            })
+            .filter(|&y| y != self.owners[partition] && self.conflicts(partition, y) == 0)
+            .max_by_key(|&y| {
+                (
+                    self.target[y as usize] - self.load[y as usize],
+                    std::cmp::Reverse(y),
+                )
+            })
+    }
+
+    /// Step 2 of the module doc: holes and surpluses go to nodes below
+    /// their share; holes left over go to the least bad node.
+    fn shed(&mut self) {
+        let order = bit_reversed_order(self.len());
+        for conflicting_only in [true, false] {
+            for &p in &order {
+                let owner = self.owners[p];
+                if !self.is_hole(p) && !self.has_surplus(p) {
+                    continue;
+                }
+                if conflicting_only && !self.is_hole(p) && self.conflicts(p, owner) == 0 {
+                    continue;
+                }
+                if let Some(y) = self.receiver(p) {
+                    self.assign(p, y);
+                }
+            }
+        }
+        for &p in &order {
+            if self.is_hole(p) {
+                let best = (0..self.ids.len() as u16)
+                    .filter(|&y| self.eligible[y as usize])
+                    .min_by_key(|&y| {
+                        let fill = u64::from(self.load[y as usize]) * 1024
+                            / u64::from(self.target[y as usize].max(1));
+                        (self.conflicts(p, y), fill, y)
+                    })
+                    .expect("at least one eligible node");
+                self.assign(p, best);
+            }
+        }
+        debug_assert!((0..self.len()).all(|p| !self.is_hole(p)));
+    }
+
+    /// Step 3 of the module doc.
+    fn repair(&mut self) {
+        if self.node_window.max(self.rack_window) <= 1 {
+            return;
+        }
+        for _round in 0..REPAIR_ROUNDS_MAX {
+            let bad: Vec<usize> = (0..self.len())
+                .filter(|&p| self.conflicts(p, self.owners[p]) > 0)
+                .collect();
+            if bad.is_empty() {
+                return;
+            }
+            let mut improved = false;
+            for p in bad {
+                let current = self.conflicts(p, self.owners[p]);
+                if current == 0 {
+                    continue;
+                }
+                improved |= self.reassign(p, current) || self.swap(p, current);
+            }
+            if !improved {
+                return;
+            }
+        }
+    }
+
+    /// Hands `partition` to a node with fewer conflicts there that is not
+    /// above its share; its original owner first.
+    fn reassign(&mut self, partition: usize, current: u32) -> bool {
+        let owner = self.owners[partition];
+        let original = self.original[partition];
+        let best = (0..self.ids.len() as u16)
+            .filter(|&y| y != owner && self.eligible[y as usize])
+            .filter(|&y| self.load[y as usize] <= self.target[y as usize])
+            .map(|y| {
+                (
+                    self.conflicts(partition, y),
+                    y != original,
+                    self.load[y as usize],
+                    y,
+                )
+            })
+            .filter(|&(conflicts, ..)| conflicts < current)
+            .min();
+        match best {
+            Some((.., y)) => {
+                self.assign(partition, y);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Swaps the owners of `partition` and another partition when that
+    /// lowers the conflicts of the two (and so of the ring).
+    fn swap(&mut self, partition: usize, current: u32) -> bool {
+        let owner = self.owners[partition];
+        for q in bit_reversed_order(self.len()) {
+            let other = self.owners[q];
+            if other == owner {
+                continue;
+            }
+            let before = current + self.conflicts(q, other);
+            self.owners[partition] = other;
+            self.owners[q] = owner;
+            let after = self.conflicts(partition, other) + self.conflicts(q, owner);
+            if after < before {
+                return true;
+            }
+            self.owners[partition] = owner;
+            self.owners[q] = other;
+        }
+        false
+    }
+}
+
+/// Bound on the dynamic program's table: positions × states.
+const EXACT_TABLE_ENTRIES_MAX: usize = 1 << 23;
+
+impl Layout {
+    fn violations(&self) -> u32 {
+        (0..self.len())
+            .map(|p| self.conflicts(p, self.owners[p]))
+            .sum()
+    }
+
+    /// Step 4 of the module doc: the valid ring closest to the current one,
+    /// by dynamic programming over the last `window - 1` owners. Only small
+    /// clusters get here (local repair handles large ones), and the table
+    /// is bounded, so this is skipped when it would not fit.
+    fn solve_exactly(&mut self) {
+        let nodes: Vec<u16> = (0..self.ids.len() as u16)
+            .filter(|&y| self.eligible[y as usize])
+            .collect();
+        let window = self.node_window.max(self.rack_window);
+        let digits = window - 1;
+        let base = nodes.len();
+        let Some(states) = base.checked_pow(digits as u32) else {
+            return;
+        };
+        let count = self.len();
+        if digits == 0 || count <= digits || states.saturating_mul(count) > EXACT_TABLE_ENTRIES_MAX
+        {
+            return;
+        }
+        let top = states / base; // weight of the oldest digit
+        let compatible = |older: u16, newer: u16, distance: usize| {
+            !(distance < self.node_window && older == newer
+                || distance < self.rack_window
+                    && self.rack[older as usize] == self.rack[newer as usize])
+        };
+        // The digits of a state, oldest first, as node indices.
+        let unpack = |mut state: usize| {
+            let mut symbols = vec![0u16; digits];
+            for slot in symbols.iter_mut().rev() {
+                *slot = nodes[state % base];
+                state /= base;
+            }
+            symbols
+        };
+        let cost = |p: usize, y: u16| {
+            2 * u32::from(y != self.anchor[p]) + u32::from(y != self.original[p])
+        };
+        // Start: the first `digits` partitions, kept as they are when valid.
+        let mut start = Vec::with_capacity(digits);
+        for p in 0..digits {
+            let pick = std::iter::once(self.owners[p])
+                .chain(nodes.iter().copied())
+                .find(|&y| {
+                    self.eligible[y as usize]
+                        && start
+                            .iter()
+                            .enumerate()
+                            .all(|(i, &x)| compatible(x, y, p - i))
+                });
+            match pick {
+                Some(y) => start.push(y),
+                None => return,
+            }
+        }
+        let position = |y: u16| nodes.binary_search(&y).expect("eligible node");
+        let start_state = start.iter().fold(0, |state, &y| state * base + position(y));
+        let start_cost: u32 = start.iter().enumerate().map(|(p, &y)| cost(p, y)).sum();
+        let mut best = vec![u32::MAX; states];
+        best[start_state] = start_cost;
+        let mut dropped = vec![u8::MAX; states * count];
+        for p in digits..count {
+            let mut next = vec![u32::MAX; states];
+            for (state, &so_far) in best.iter().enumerate() {
+                if so_far == u32::MAX {
+                    continue;
+                }
+                let recent = unpack(state);
+                for (digit, &y) in nodes.iter().enumerate() {
+                    if !recent
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &x)| compatible(x, y, digits - i))
+                    {
+                        continue;
+                    }
+                    let following = (state % top) * base + digit;
+                    let total = so_far + cost(p, y);
+                    if total < next[following] {
+                        next[following] = total;
+                        dropped[p * states + following] = (state / top) as u8;
+                    }
+                }
+            }
+            best = next;
+        }
+        // Close the circle: windows across the wrap count as violations,
+        // so a ring that cannot close cleanly gets the fewest.
+        let wrap_violations = |state: usize| {
+            let tail = unpack(state);
+            let mut violations = 0u32;
+            for (i, &x) in tail.iter().enumerate() {
+                for (j, &y) in start.iter().enumerate() {
+                    violations += u32::from(!compatible(x, y, digits - i + j));
+                }
+            }
+            violations
+        };
+        let chosen = (0..states)
+            .filter(|&s| best[s] != u32::MAX)
+            .min_by_key(|&s| (wrap_violations(s), best[s]));
+        let Some(mut state) = chosen else { return };
+        if wrap_violations(state) * 2 >= self.violations() {
+            return; // no better than the repair's result
+        }
+        let mut owners = self.owners.clone();
+        for p in (digits..count).rev() {
+            owners[p] = nodes[state % base];
+            let oldest = usize::from(dropped[p * states + state]);
+            state = oldest * top + state / base;
+        }
+        owners[..digits].copy_from_slice(&start);
+        for (p, &y) in owners.iter().enumerate() {
+            if self.owners[p] != y {
+                self.assign(p, y);
+            }
+        }
+    }
+}
+
+/// 0, P/2, P/4, 3P/4, ...: every partition once, spread evenly at every
+/// prefix.
+fn bit_reversed_order(count: usize) -> Vec<usize> {
+    debug_assert!(count.is_power_of_two());
+    let bits = count.trailing_zeros();
+    if bits == 0 {
+        return vec![0];
+    }
+    (0..count)
+        .map(|i| (i as u32).reverse_bits() as usize >> (32 - bits))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(count: u16) -> Vec<Claimant<'static>> {
+        (0..count).map(|id| Claimant { id, rack: None }).collect()
+    }
+
+    #[test]
+    fn bit_reversed_order_is_a_permutation_spread_evenly() {
+        let order = bit_reversed_order(16);
+        assert_eq!(&order[..4], &[0, 8, 4, 12]);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..16).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_second_node_takes_every_other_partition() {
+        let claimed = claim(&[0; 64], &nodes(2), 3);
+        assert_eq!(claimed.iter().filter(|&&o| o == 1).count(), 32);
+        assert_eq!(window_violations(&claimed, 3), 0);
+    }
+
+    #[test]
+    fn a_leaving_node_owns_nothing_afterwards() {
+        let mut owners = vec![0u16; 256];
+        for size in 2..=6u16 {
+            owners = claim(&owners, &nodes(size), 3);
+        }
+        let remaining: Vec<_> = nodes(6).into_iter().filter(|n| n.id != 2).collect();
+        let after = claim(&owners, &remaining, 3);
+        assert!(!after.contains(&2));
+        assert_eq!(window_violations(&after, 3), 0);
+    }
+
+    #[test]
+    fn short_windows_are_counted_with_wrap_around() {
+        assert_eq!(count_short_windows(&[0, 1, 2, 0, 1, 2, 0, 1], 3, 3), 2);
+        assert_eq!(count_short_windows(&[0, 1, 2, 3, 0, 1, 2, 3], 3, 3), 0);
+    }
+}
