@@ -94,6 +94,24 @@ impl ErrorCode {
     }
 
     /// Whether a client may retry the same request later with hope.
+    /// True for errors after which the server closes the connection: the
+    /// stream can no longer be trusted (or the peer was refused).
+    pub fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::FrameTooLarge
+                | ErrorCode::BadMagic
+                | ErrorCode::UnsupportedVersion
+                | ErrorCode::UnknownOpcode
+                | ErrorCode::MalformedHeader
+                | ErrorCode::MalformedBody
+                | ErrorCode::NotHelloFirst
+                | ErrorCode::AuthFailed
+                | ErrorCode::ClusterMismatch
+        )
+    }
+
+    /// True for failures worth retrying later (load, timeouts, shutdown).
     pub fn is_transient(self) -> bool {
         matches!(
             self,

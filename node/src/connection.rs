@@ -195,11 +195,15 @@ impl Connection {
         let request = match frame.request(self.decoder.limits()) {
             Ok(request) => request,
             Err(refused) => {
+                // A key, value or batch over its limit sits in a well-formed
+                // frame: the stream is still in step, so the client keeps its
+                // connection. Anything else undecodable closes it.
+                let closes = refused.code().closes_connection();
                 return (
                     Slot::Ready(Response::from_decode_error(&refused)),
                     None,
-                    true,
-                )
+                    closes,
+                );
             }
         };
         if !self.greeted {

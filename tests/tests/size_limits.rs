@@ -71,7 +71,20 @@ fn oversized_keys_and_values_are_refused_and_not_stored() {
     assert_eq!(entry.value.len(), VALUE_BYTES_MAX);
     let before = stats(&mut client);
 
-    // The server closes a connection after refusing a frame: one client each.
+    // A key or value over its limit comes in a well-formed frame: the
+    // connection stays open and serves the next request.
+    let mut same = server.client();
+    assert_refused(same.put(&long_key, b"v"), ErrorCode::KeyTooLarge, key_sizes);
+    same.ping()
+        .expect("the connection survives an oversize refusal");
+    assert_refused(
+        same.put(b"small", &long_value),
+        ErrorCode::ValueTooLarge,
+        value_sizes,
+    );
+    same.ping()
+        .expect("the connection survives an oversize refusal");
+
     assert_refused(
         server.client().put(&long_key, b"v"),
         ErrorCode::KeyTooLarge,

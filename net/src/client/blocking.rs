@@ -193,6 +193,21 @@ impl Client {
             if self.in_flight.remove(&frame.request_id).is_none() {
                 continue; // late response to a request that timed out
             }
+            if frame.opcode == Opcode::ERROR {
+                let closes = matches!(
+                    frame.response(self.decoder.limits()),
+                    Ok(Response::Error { code, .. }) if code.closes_connection()
+                );
+                if closes {
+                    // The server closes after such an error: drop the
+                    // connection now so the next request reconnects.
+                    let _ = self.disconnect(ClientError::ConnectionClosed);
+                    if frame.request_id == request_id {
+                        return Ok(frame);
+                    }
+                    return Err(ClientError::ConnectionClosed);
+                }
+            }
             if frame.request_id == request_id {
                 return Ok(frame);
             }
