@@ -65,7 +65,9 @@ stop_server() {
 }
 trap 'stop_server; rm -rf "$WORK"' EXIT
 
-# wait_for LOGFILE TEXT: until the server prints TEXT (at most 30 s).
+# wait_for LOGFILE TEXT: until the server prints TEXT (at most 30 s). The
+# caller empties LOGFILE before starting the server, so an old server's line
+# cannot be mistaken for the new one's.
 wait_for() {
     for _ in $(seq 300); do
         if grep -q "$2" "$1" 2>/dev/null; then return 0; fi
@@ -91,6 +93,7 @@ durability = "$1"
 [runtime]
 shards = 1
 TOML
+    : >"$WORK/server.log" # emptied here, not by the child: see wait_for
     taskset -c "$SERVER_CPU" "$BIN/meridian" server --config "$WORK/meridian.toml" \
         --metrics-listen "" >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
@@ -104,6 +107,7 @@ start_redis() {
     if [[ "$1" == fsync ]]; then
         persistence=(--save "" --appendonly yes --appendfsync always)
     fi
+    : >"$WORK/server.log" # emptied here, not by the child: see wait_for
     taskset -c "$SERVER_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
         --dir "$WORK/data" "${persistence[@]}" >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
@@ -111,6 +115,7 @@ start_redis() {
 }
 
 start_tokio_ping() {
+    : >"$WORK/server.log" # emptied here, not by the child: see wait_for
     taskset -c "$SERVER_CPU" "$BIN/ping_server_tokio" "127.0.0.1:$TOKIO_PORT" \
         >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!

@@ -155,8 +155,11 @@ pub fn run(options: &Options) -> Result<Report, String> {
         let merged = merge(results)?;
         if !merged.failures.is_empty() || merged.completed < options.key_count {
             return Err(format!(
-                "preload wrote {} of {} keys; failures: {:?}",
-                merged.completed, options.key_count, merged.failures
+                "preload wrote {} of {} keys; {} failures, first: {:?}",
+                merged.completed,
+                options.key_count,
+                merged.failures.len(),
+                merged.failures.first()
             ));
         }
         let ops = merged.completed as f64 / merged.elapsed.as_secs_f64().max(1e-9);
