@@ -168,6 +168,10 @@ impl Store {
     }
 
     /// The key directory slot of `key`, if the store has an entry for it.
+    ///
+    /// Compares the key stored in the log without checking the record's
+    /// checksum: a damaged key can only fail to match. Paths that must not
+    /// turn damage into "absent" use [`Store::find_checked`].
     pub(crate) fn find(&self, hash_high: u32, key: &[u8]) -> Option<u32> {
         let segments = &self.segments;
         self.keydir.find(hash_high, |entry| {
@@ -176,6 +180,31 @@ impl Store {
                 .and_then(|segment| segment.key_at(entry.offset))
                 == Some(key)
         })
+    }
+
+    /// Like [`Store::find`], but when an entry with the key's hash holds a
+    /// different key, that record's checksum is verified: a bit flip in a
+    /// stored key (or its header) is reported as corruption, never as a
+    /// missing key. Costs a checksum only on 32-bit hash collisions.
+    pub(crate) fn find_checked(&self, hash_high: u32, key: &[u8]) -> Result<Option<u32>> {
+        let segments = &self.segments;
+        let mut mismatched: Option<(u32, u32)> = None;
+        let found = self.keydir.find(hash_high, |entry| {
+            let matches = segments[entry.segment as usize]
+                .as_ref()
+                .and_then(|segment| segment.key_at(entry.offset))
+                == Some(key);
+            if !matches {
+                mismatched = Some((entry.segment, entry.offset));
+            }
+            matches
+        });
+        if found.is_none() {
+            if let Some((segment, offset)) = mismatched {
+                self.segment(segment).record_at(offset)?;
+            }
+        }
+        Ok(found)
     }
 
     /// Writes `value` under `key` if `version` is newer than what is stored.
@@ -254,7 +283,7 @@ impl Store {
     ) -> Result<WriteReceipt> {
         self.check_write(key, value)?;
         let hash_high = format::hash_high(key);
-        let existing = self.find(hash_high, key);
+        let existing = self.find_checked(hash_high, key)?;
         if let Some(slot) = existing {
             let current = self.keydir.get(slot).version();
             if current >= version {
@@ -356,7 +385,7 @@ impl Store {
 
     /// The key's newest record, tombstones and expired entries included.
     pub fn read(&self, key: &[u8]) -> Result<Option<StoredEntry>> {
-        match self.find(format::hash_high(key), key) {
+        match self.find_checked(format::hash_high(key), key)? {
             Some(slot) => self.read_slot(slot).map(Some),
             None => Ok(None),
         }
@@ -384,7 +413,7 @@ impl Store {
 
     /// The key's live value: `None` when absent, deleted or expired.
     pub fn get(&self, key: &[u8]) -> Result<Option<StoredEntry>> {
-        let Some(slot) = self.find(format::hash_high(key), key) else {
+        let Some(slot) = self.find_checked(format::hash_high(key), key)? else {
             return Ok(None);
         };
         let entry = self.keydir.get(slot);
