@@ -47,6 +47,7 @@ pub mod codec;
 pub mod error;
 pub mod format;
 pub mod message;
+pub mod peer;
 
 pub use codec::{check_header, Decoder, Encode, Encoder, Frame};
 pub use error::{DecodeError, EncodeError, ErrorCode};
