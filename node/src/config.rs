@@ -27,6 +27,80 @@ pub struct Config {
     pub storage: StorageSection,
     pub limits: LimitsSection,
     pub runtime: RuntimeSection,
+    pub cluster: ClusterSection,
+}
+
+/// The datacenter's ring: its members and its replication settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Every member of the ring as "ID@HOST:PORT", this node included (its
+    /// id is `node.node_id`). Empty: a cluster of one.
+    pub members: Vec<String>,
+    /// N: copies of each key.
+    pub replicas: u8,
+    /// R and W: answers a read or a write waits for.
+    pub read_quorum: u8,
+    pub write_quorum: u8,
+    /// How long a coordinator waits for its quorum.
+    pub request_timeout_ms: u32,
+    pub heartbeat_interval_ms: u32,
+    /// A member that answered nothing for this long is treated as down.
+    pub down_after_ms: u32,
+    /// How often each shard delivers hints to members that are back.
+    pub hint_delivery_interval_ms: u32,
+    /// How often each shard compares one vnode's digests with a replica.
+    pub anti_entropy_interval_ms: u32,
+}
+
+impl Default for ClusterSection {
+    fn default() -> ClusterSection {
+        ClusterSection {
+            members: Vec::new(),
+            replicas: 3,
+            read_quorum: 2,
+            write_quorum: 2,
+            request_timeout_ms: 2000,
+            heartbeat_interval_ms: 200,
+            down_after_ms: 1000,
+            hint_delivery_interval_ms: 500,
+            anti_entropy_interval_ms: 1000,
+        }
+    }
+}
+
+/// One member of `cluster.members`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberAddress {
+    pub id: u16,
+    pub address: String,
+}
+
+impl ClusterSection {
+    /// The members, parsed ("ID@HOST:PORT"), sorted by id.
+    pub fn parsed_members(&self) -> Result<Vec<MemberAddress>, ConfigError> {
+        let mut members = Vec::with_capacity(self.members.len());
+        for text in &self.members {
+            let bad = || invalid("cluster.members", format!("{text:?} is not ID@HOST:PORT"));
+            let (id, address) = text.split_once('@').ok_or_else(bad)?;
+            let id: u16 = id.parse().map_err(|_| bad())?;
+            if address.parse::<SocketAddr>().is_err() {
+                return Err(bad());
+            }
+            if members.iter().any(|m: &MemberAddress| m.id == id) {
+                return Err(invalid(
+                    "cluster.members",
+                    format!("node id {id} listed twice"),
+                ));
+            }
+            members.push(MemberAddress {
+                id,
+                address: address.to_string(),
+            });
+        }
+        members.sort_by_key(|m| m.id);
+        Ok(members)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -90,6 +164,7 @@ impl Default for Config {
             storage: StorageSection::default(),
             limits: LimitsSection::default(),
             runtime: RuntimeSection::default(),
+            cluster: ClusterSection::default(),
         }
     }
 }
@@ -228,6 +303,41 @@ impl Config {
             return Err(invalid(
                 "node.metrics_listen",
                 format!("{:?} is not HOST:PORT", self.node.metrics_listen),
+            ));
+        }
+        let members = self.cluster.parsed_members()?;
+        if !members.is_empty() && !members.iter().any(|m| m.id == self.node.node_id) {
+            return Err(invalid(
+                "cluster.members",
+                format!(
+                    "does not list this node (node.node_id = {})",
+                    self.node.node_id
+                ),
+            ));
+        }
+        let cluster = &self.cluster;
+        if !(1..=5).contains(&cluster.replicas) {
+            return Err(invalid("cluster.replicas", "must be 1 to 5"));
+        }
+        if cluster.read_quorum == 0 || cluster.read_quorum > cluster.replicas {
+            return Err(invalid(
+                "cluster.read_quorum",
+                "must be 1 to cluster.replicas",
+            ));
+        }
+        if cluster.write_quorum == 0 || cluster.write_quorum > cluster.replicas {
+            return Err(invalid(
+                "cluster.write_quorum",
+                "must be 1 to cluster.replicas",
+            ));
+        }
+        if cluster.request_timeout_ms == 0
+            || cluster.heartbeat_interval_ms == 0
+            || cluster.down_after_ms == 0
+        {
+            return Err(invalid(
+                "cluster",
+                "timeouts and intervals must be at least 1 ms",
             ));
         }
         if self.node.cluster.is_empty() || self.node.cluster.len() > 255 {

@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use meridian_net::message::Hello;
+use meridian_net::peer::{self, PeerRequest, PeerResponse};
 use meridian_net::{
     Decoder, Encoder, ErrorCode, Frame, Limits, Request, Response, Role, PROTOCOL_VERSION,
 };
@@ -33,6 +34,10 @@ enum Slot {
     /// A local write whose answer waits for the batch's group commit.
     Durable(Response),
     Remote(flume::Receiver<Response>),
+    /// A request coordinated across the cluster, running as its own task.
+    Coordinated(glommio::Task<Response>),
+    /// A peer's request, running as its own task.
+    Peer(glommio::Task<Result<PeerResponse, Response>>),
 }
 
 pub fn net_limits(shard: &Shard) -> Limits {
@@ -64,6 +69,8 @@ pub struct Connection {
     decoder: Decoder,
     encoder: Encoder,
     greeted: bool,
+    /// The role the HELLO named.
+    role: Option<Role>,
     /// Set while requests are being executed (shutdown waits for it to clear).
     pub busy: Rc<std::cell::Cell<bool>>,
 }
@@ -76,6 +83,7 @@ impl Connection {
             encoder: Encoder::new(limits),
             shard,
             greeted: false,
+            role: None,
             busy,
         }
     }
@@ -168,6 +176,14 @@ impl Connection {
                 Slot::Remote(reply) => reply.recv_async().await.unwrap_or_else(|_| {
                     error(ErrorCode::Internal, "the shard owning the key stopped")
                 }),
+                Slot::Coordinated(task) => task.await,
+                Slot::Peer(task) => match task.await {
+                    Ok(answer) => {
+                        self.send_peer(request_id, &answer, output);
+                        continue;
+                    }
+                    Err(failure) => failure,
+                },
             };
             self.send(request_id, &response, output);
         }
@@ -189,9 +205,44 @@ impl Connection {
         }
     }
 
+    fn send_peer(&self, request_id: u32, answer: &PeerResponse, output: &mut BytesMut) {
+        ShardCounters::add(&self.shard.counters.requests, 1);
+        if let Err(refused) = answer.encode(request_id, self.decoder.limits(), output) {
+            let fallback = error(
+                ErrorCode::Internal,
+                format!("peer answer could not be encoded: {refused}"),
+            );
+            self.send(request_id, &fallback, output);
+        }
+    }
+
+    /// Starts a peer's request as a task.
+    fn execute_peer(&self, frame: &Frame) -> (Slot, Option<u64>, bool) {
+        match PeerRequest::decode(frame, self.decoder.limits()) {
+            Ok(request) => {
+                let task = glommio::spawn_local(crate::cluster::serve::serve_peer(
+                    Rc::clone(&self.shard),
+                    request,
+                ));
+                (Slot::Peer(task), None, false)
+            }
+            Err(refused) => {
+                let closes = refused.code().closes_connection();
+                (
+                    Slot::Ready(Response::from_decode_error(&refused)),
+                    None,
+                    closes,
+                )
+            }
+        }
+    }
+
     /// Executes one frame: the answer slot, a sync epoch to wait for, and
     /// whether the connection must close after answering.
     async fn execute(&mut self, frame: Frame) -> (Slot, Option<u64>, bool) {
+        if self.role == Some(Role::Peer) && peer::is_peer_request(frame.opcode) {
+            return self.execute_peer(&frame);
+        }
         let request = match frame.request(self.decoder.limits()) {
             Ok(request) => request,
             Err(refused) => {
@@ -211,6 +262,7 @@ impl Connection {
                 Request::Hello(hello) => match self.check_hello(&hello) {
                     Ok(response) => {
                         self.greeted = true;
+                        self.role = Some(hello.role);
                         (Slot::Ready(response), None, false)
                     }
                     Err(refusal) => (Slot::Ready(refusal), None, true),
@@ -232,12 +284,15 @@ impl Connection {
                 true,
             ),
             Request::Ping => (Slot::Ready(Response::Pong), None, false),
-            Request::Get { key, .. } => self.route(key.clone(), VnodeOp::Get { key }).await,
+            Request::Get { key, read_quorum } => {
+                self.route(key.clone(), VnodeOp::Get { key }, read_quorum)
+                    .await
+            }
             Request::Put {
                 key,
                 value,
                 ttl_seconds,
-                ..
+                write_quorum,
             } => {
                 let op = VnodeOp::Put {
                     key: key.clone(),
@@ -245,14 +300,14 @@ impl Connection {
                     version: self.shard.stamp(),
                     expires_at: expiry(ttl_seconds),
                 };
-                self.route(key, op).await
+                self.route(key, op, write_quorum).await
             }
-            Request::Delete { key, .. } => {
+            Request::Delete { key, write_quorum } => {
                 let op = VnodeOp::Delete {
                     key: key.clone(),
                     version: self.shard.stamp(),
                 };
-                self.route(key, op).await
+                self.route(key, op, write_quorum).await
             }
             Request::MultiGet { keys } => (Slot::Ready(self.multi_get(keys).await), None, false),
             Request::MultiPut {
@@ -326,14 +381,23 @@ impl Connection {
                 ));
             }
         }
-        if hello.role != Role::Client {
-            return Err(error(
-                ErrorCode::UnknownOpcode,
-                format!(
-                    "role {:?} is not served yet: peer and XDC links arrive with clustering",
-                    hello.role
-                ),
-            ));
+        match hello.role {
+            Role::Client => {}
+            Role::Peer if self.shard.cluster.is_some() => {}
+            Role::Peer => {
+                return Err(error(
+                    ErrorCode::ClusterMismatch,
+                    "this node is a cluster of one (cluster.members is empty): it takes no peers",
+                ))
+            }
+            other => {
+                return Err(error(
+                    ErrorCode::UnknownOpcode,
+                    format!(
+                        "role {other:?} is not served yet: cross-datacenter links arrive with XDC"
+                    ),
+                ))
+            }
         }
         Ok(Response::HelloOk {
             protocol_version: PROTOCOL_VERSION,
@@ -343,8 +407,44 @@ impl Connection {
         })
     }
 
-    /// Runs an op on the shard that owns `key`.
-    async fn route(&self, key: Bytes, op: VnodeOp) -> (Slot, Option<u64>, bool) {
+    /// Runs an op on the shard that owns `key` or, in a cluster, through
+    /// the coordinator (`quorum` overrides R or W).
+    async fn route(
+        &self,
+        key: Bytes,
+        op: VnodeOp,
+        quorum: Option<u8>,
+    ) -> (Slot, Option<u64>, bool) {
+        if self.shard.cluster.is_some() {
+            use crate::cluster::coordinator;
+            use meridian_net::peer::EntryKind;
+            let shard = Rc::clone(&self.shard);
+            let task = match op {
+                VnodeOp::Get { key } => glommio::spawn_local(coordinator::read(shard, key, quorum)),
+                VnodeOp::Put {
+                    key,
+                    value,
+                    expires_at,
+                    ..
+                } => glommio::spawn_local(coordinator::write(
+                    shard,
+                    key,
+                    EntryKind::Put,
+                    value,
+                    expires_at,
+                    quorum,
+                )),
+                VnodeOp::Delete { key, .. } => glommio::spawn_local(coordinator::write(
+                    shard,
+                    key,
+                    EntryKind::Tombstone,
+                    Bytes::new(),
+                    0,
+                    quorum,
+                )),
+            };
+            return (Slot::Coordinated(task), None, false);
+        }
         let partition = self.shard.partitioner.partition_of(&key);
         let owner = self.shard.partitioner.shard_of_partition(partition);
         if owner == self.shard.index {
@@ -376,7 +476,7 @@ impl Connection {
     }
 
     async fn resolve(&self, key: Bytes, op: VnodeOp) -> Response {
-        let (slot, epoch, _) = self.route(key, op).await;
+        let (slot, epoch, _) = self.route(key, op, None).await;
         match slot {
             Slot::Ready(response) => response,
             Slot::Durable(response) => match self.shard.wait_synced(epoch.unwrap_or(0)).await {
@@ -390,6 +490,11 @@ impl Connection {
                 .recv_async()
                 .await
                 .unwrap_or_else(|_| error(ErrorCode::Internal, "the shard owning the key stopped")),
+            Slot::Coordinated(task) => task.await,
+            Slot::Peer(task) => task
+                .await
+                .err()
+                .unwrap_or_else(|| error(ErrorCode::Internal, "peer answer on a client path")),
         }
     }
 

@@ -22,6 +22,9 @@ pub struct ShardCounters {
     pub syncs: Cell<u64>,
     pub sync_failures: Cell<u64>,
     pub compactions: Cell<u64>,
+    pub read_repairs: Cell<u64>,
+    pub hints_delivered: Cell<u64>,
+    pub anti_entropy_repairs: Cell<u64>,
 }
 
 impl ShardCounters {
@@ -43,6 +46,9 @@ impl ShardCounters {
             syncs: self.syncs.get(),
             sync_failures: self.sync_failures.get(),
             compactions: self.compactions.get(),
+            read_repairs: self.read_repairs.get(),
+            hints_delivered: self.hints_delivered.get(),
+            anti_entropy_repairs: self.anti_entropy_repairs.get(),
             ..ShardReport::default()
         }
     }
@@ -51,7 +57,7 @@ impl ShardCounters {
 /// Renders shard reports as Prometheus text.
 pub fn render_prometheus(reports: &[ShardReport]) -> String {
     type Field = fn(&ShardReport) -> u64;
-    let metrics: [(&str, &str, &str, Field); 15] = [
+    let metrics: [(&str, &str, &str, Field); 18] = [
         (
             "meridian_requests_total",
             "counter",
@@ -117,6 +123,24 @@ pub fn render_prometheus(reports: &[ShardReport]) -> String {
             "counter",
             "Compaction runs finished",
             |r| r.compactions,
+        ),
+        (
+            "meridian_read_repairs_total",
+            "counter",
+            "Replicas repaired by reads",
+            |r| r.read_repairs,
+        ),
+        (
+            "meridian_hints_delivered_total",
+            "counter",
+            "Hints delivered to returning replicas",
+            |r| r.hints_delivered,
+        ),
+        (
+            "meridian_anti_entropy_repairs_total",
+            "counter",
+            "Records repaired by anti-entropy",
+            |r| r.anti_entropy_repairs,
         ),
         ("meridian_vnodes_open", "gauge", "Vnodes open", |r| {
             r.vnodes as u64

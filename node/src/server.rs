@@ -86,8 +86,12 @@ pub fn run(mut config: Config) -> Result<(), String> {
             .io_memory(config.runtime.io_memory_bytes);
         let handle = builder
             .spawn(move || async move {
-                let shard = Rc::new(Shard::new(index, config, senders, shutdown));
-                run_shard(shard, inbox, ready_sender, drained).await;
+                match Shard::new(index, config, senders, shutdown) {
+                    Ok(shard) => run_shard(Rc::new(shard), inbox, ready_sender, drained).await,
+                    Err(reason) => {
+                        let _ = ready_sender.send(Err(format!("shard {index}: {reason}")));
+                    }
+                }
             })
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         handles.push(handle);
@@ -153,6 +157,14 @@ async fn run_shard(
     let sync_task = glommio::spawn_local(Rc::clone(&shard).run_sync_loop());
     let periodic_task = glommio::spawn_local(run_periodic_sync(Rc::clone(&shard)));
     let maintenance_task = glommio::spawn_local(run_maintenance(Rc::clone(&shard)));
+    let cluster_tasks = shard.cluster.is_some().then(|| {
+        use crate::cluster::background;
+        [
+            glommio::spawn_local(background::run_heartbeats(Rc::clone(&shard))),
+            glommio::spawn_local(background::run_hint_delivery(Rc::clone(&shard))),
+            glommio::spawn_local(background::run_anti_entropy(Rc::clone(&shard))),
+        ]
+    });
     let metrics_task = (shard.index == 0 && !shard.config.node.metrics_listen.is_empty())
         .then(|| glommio::spawn_local(crate::server::serve_metrics(Rc::clone(&shard))));
     let _ = ready.send(Ok(()));
@@ -179,7 +191,7 @@ async fn run_shard(
     while drained.load(Ordering::SeqCst) < shards && Instant::now() < deadline + DRAIN_DEADLINE {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
     }
-    drop((metrics_task, maintenance_task, periodic_task));
+    drop((metrics_task, maintenance_task, periodic_task, cluster_tasks));
     if shard.has_unsynced() {
         shard.sync_cycle().await;
     }
@@ -261,6 +273,32 @@ async fn run_inbox(shard: Rc<Shard>, inbox: flume::Receiver<ShardCall>) {
                                     code: meridian_net::ErrorCode::StorageError,
                                     message: format!("write not durable: {reason}"),
                                 },
+                            };
+                            let _ = reply.send(answer);
+                        })
+                        .detach();
+                    }
+                }
+            }
+            ShardCall::Peer {
+                partition,
+                op,
+                reply,
+            } => {
+                let (result, epoch) = shard.apply_peer(partition, op);
+                match epoch {
+                    None => {
+                        let _ = reply.send(result);
+                    }
+                    Some(epoch) => {
+                        let shard = Rc::clone(&shard);
+                        glommio::spawn_local(async move {
+                            let answer = match shard.wait_synced(epoch).await {
+                                Ok(()) => result,
+                                Err(reason) => Err((
+                                    meridian_net::ErrorCode::StorageError,
+                                    format!("write not durable: {reason}"),
+                                )),
                             };
                             let _ = reply.send(answer);
                         })

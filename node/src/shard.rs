@@ -36,6 +36,11 @@ use crate::hlc::{origin, HybridClock};
 use crate::metrics::ShardCounters;
 use crate::partition::Partitioner;
 
+mod replica;
+pub use replica::{
+    entry_kind, hint_key, parse_hint_key, PeerFailure, PeerOp, WRITE_APPLIED, WRITE_STALE,
+};
+
 /// An operation on one vnode.
 #[derive(Debug)]
 pub enum VnodeOp {
@@ -62,6 +67,11 @@ pub enum ShardCall {
         op: VnodeOp,
         reply: flume::Sender<Response>,
     },
+    Peer {
+        partition: u32,
+        op: PeerOp,
+        reply: flume::Sender<Result<meridian_net::peer::PeerResponse, PeerFailure>>,
+    },
     Stats {
         reply: flume::Sender<ShardReport>,
     },
@@ -87,7 +97,12 @@ pub struct ShardReport {
     pub syncs: u64,
     pub sync_failures: u64,
     pub compactions: u64,
+    pub read_repairs: u64,
+    pub hints_delivered: u64,
+    pub anti_entropy_repairs: u64,
     pub writes_refused: bool,
+    /// (partition, XOR of its bucket digests) of every local vnode.
+    pub partition_digests: Vec<(u32, u64)>,
 }
 
 pub struct Shard {
@@ -97,7 +112,11 @@ pub struct Shard {
     pub inboxes: Vec<flume::Sender<ShardCall>>,
     pub shutdown: Arc<AtomicBool>,
     pub counters: ShardCounters,
+    /// The ring and the links to other members; `None` for a cluster of one.
+    pub cluster: Option<crate::cluster::Cluster>,
     stores: RefCell<HashMap<u32, Store>>,
+    /// Hints for down primaries (opened on first use).
+    hints: RefCell<Option<Store>>,
     clock: RefCell<HybridClock>,
     origin: u32,
     sync_started: Cell<u64>,
@@ -114,6 +133,9 @@ impl std::fmt::Debug for Shard {
         f.debug_struct("Shard").field("index", &self.index).finish()
     }
 }
+
+/// The partition number that names the hint store in sync plans.
+const HINT_STORE: u32 = u32::MAX;
 
 /// Failed sync epochs remembered for waiters that poll late.
 const SYNC_FAILURES_KEPT: usize = 64;
@@ -143,16 +165,19 @@ impl Shard {
         config: Arc<Config>,
         inboxes: Vec<flume::Sender<ShardCall>>,
         shutdown: Arc<AtomicBool>,
-    ) -> Shard {
+    ) -> Result<Shard, String> {
         let partitioner = Partitioner::new(config.storage.partitions, inboxes.len());
         let origin = origin(config.node.datacenter_id, config.node.node_id, index as u8);
-        Shard {
+        let cluster = crate::cluster::Cluster::build(&config)?;
+        Ok(Shard {
+            cluster,
             index,
             partitioner,
             inboxes,
             shutdown,
             counters: ShardCounters::default(),
             stores: RefCell::new(HashMap::new()),
+            hints: RefCell::new(None),
             clock: RefCell::new(HybridClock::default()),
             origin,
             sync_started: Cell::new(0),
@@ -162,7 +187,7 @@ impl Shard {
             sync_waiters: RefCell::new(Vec::new()),
             sync_loop_waker: RefCell::new(None),
             config,
-        }
+        })
     }
 
     fn vnode_directory(&self, partition: u32) -> PathBuf {
@@ -170,6 +195,13 @@ impl Shard {
             .storage
             .data_dir
             .join(format!("vnode-{partition:05}"))
+    }
+
+    fn hint_directory(&self) -> PathBuf {
+        self.config
+            .storage
+            .data_dir
+            .join(format!("hints-shard-{:03}", self.index))
     }
 
     fn store_options(&self) -> Options {
@@ -194,6 +226,10 @@ impl Shard {
                 let store = Store::open(self.vnode_directory(partition), self.store_options())?;
                 self.stores.borrow_mut().insert(partition, store);
             }
+        }
+        if self.hint_directory().exists() {
+            *self.hints.borrow_mut() =
+                Some(Store::open(self.hint_directory(), self.store_options())?);
         }
         Ok(())
     }
@@ -312,19 +348,43 @@ impl Shard {
     pub async fn sync_cycle(&self) {
         let epoch = self.sync_started.get() + 1;
         self.sync_started.set(epoch);
-        let plans: Vec<(u32, meridian_engine::SyncPlan)> = self
+        let mut plans: Vec<(u32, meridian_engine::SyncPlan)> = self
             .stores
             .borrow()
             .iter()
             .filter_map(|(&partition, store)| store.sync_plan().map(|plan| (partition, plan)))
             .collect();
+        if let Some(plan) = self
+            .hints
+            .borrow()
+            .as_ref()
+            .and_then(|store| store.sync_plan())
+        {
+            plans.push((HINT_STORE, plan));
+        }
+        // Every store's files are synced at once: one cycle costs about one
+        // fdatasync, not one per vnode.
+        let syncs: Vec<_> = plans
+            .iter()
+            .map(|(_, plan)| {
+                let plan = plan.clone();
+                glommio::spawn_local(async move { crate::sync::sync_plan_files(&plan).await })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(syncs.len());
+        for sync in syncs {
+            results.push(sync.await);
+        }
         let mut failure = None;
-        for (partition, plan) in &plans {
-            let result = crate::sync::sync_plan_files(plan).await;
+        for ((partition, plan), result) in plans.iter().zip(results) {
             let mut stores = self.stores.borrow_mut();
-            let Some(store) = stores.get_mut(partition) else {
-                continue;
+            let mut hints = self.hints.borrow_mut();
+            let store = if *partition == HINT_STORE {
+                hints.as_mut()
+            } else {
+                stores.get_mut(partition)
             };
+            let Some(store) = store else { continue };
             match result {
                 Ok(()) => store.sync_completed(plan),
                 Err(error) => {
@@ -352,10 +412,9 @@ impl Shard {
 
     /// True when some store has writes no sync covered yet.
     pub fn has_unsynced(&self) -> bool {
-        self.stores
-            .borrow()
-            .values()
-            .any(|store| store.durable_position() < store.written_position())
+        let unsynced = |store: &Store| store.durable_position() < store.written_position();
+        self.stores.borrow().values().any(unsynced)
+            || self.hints.borrow().as_ref().is_some_and(unsynced)
     }
 
     /// One slice of background work (hints, compaction) on one vnode;
@@ -395,13 +454,27 @@ impl Shard {
             report.disk_bytes += stats.disk_bytes;
             report.keydir_bytes += stats.keydir_bytes as u64;
         }
+        let partitions = self.config.storage.partitions;
+        report.partition_digests = stores
+            .iter()
+            .map(|(&partition, store)| {
+                let (first, count) = crate::cluster::buckets_of_partition(partition, partitions);
+                let digest =
+                    (0..count).fold(0, |d, i| d ^ store.bucket_digest((first as u32 + i) as u16));
+                (partition, digest)
+            })
+            .collect();
+        report.partition_digests.sort_unstable();
         report.writes_refused = !self.sync_failures.borrow().is_empty();
         report
     }
 
     /// Syncs and closes every store (writing missing hint files).
     pub fn close_all(&self) {
-        let stores: Vec<(u32, Store)> = self.stores.borrow_mut().drain().collect();
+        let mut stores: Vec<(u32, Store)> = self.stores.borrow_mut().drain().collect();
+        if let Some(hints) = self.hints.borrow_mut().take() {
+            stores.push((HINT_STORE, hints));
+        }
         for (partition, store) in stores {
             if let Err(error) = store.close() {
                 tracing::error!(partition, %error, "closing vnode failed");

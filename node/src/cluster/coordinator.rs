@@ -1,0 +1,377 @@
+//! Coordinating a client's request across the key's replicas.
+//!
+//! The shard that received the request coordinates it: a write gets this
+//! shard's version and goes to every node of the key's preference list (a
+//! fallback stores it with a hint for the primary it stands in for); the
+//! client is answered after W acknowledgements. A read asks every node of
+//! the list, answers with the newest version among the first R answers, and
+//! repairs the replicas that answered with something older (read repair),
+//! including those that answer late.
+//!
+//! Invariants:
+//! - a write is acknowledged only after W replicas applied it durably (as
+//!   their durability setting says) or already held something newer;
+//! - a failure names how many replicas answered and what was needed.
+
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use meridian_net::message::{Version as WireVersion, VersionedValue};
+use meridian_net::peer::{EntryKind, PeerRequest, PeerResponse, ReplicaRecord};
+use meridian_net::{ErrorCode, Response};
+use meridian_ring::Role as ReplicaRole;
+
+use crate::shard::{PeerOp, Shard, WRITE_APPLIED, WRITE_STALE};
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn quorum_error(code: ErrorCode, message: String) -> Response {
+    Response::Error { code, message }
+}
+
+/// Applies `records` to this node's vnode `partition` (on whichever shard
+/// owns it), waiting for durability as configured.
+pub async fn local_peer_op(
+    shard: &Rc<Shard>,
+    partition: u32,
+    op: PeerOp,
+) -> Result<PeerResponse, String> {
+    let owner = shard.partitioner.shard_of_partition(partition);
+    if owner == shard.index {
+        let (result, epoch) = shard.apply_peer(partition, op);
+        if let Some(epoch) = epoch {
+            shard
+                .wait_synced(epoch)
+                .await
+                .map_err(|reason| format!("not durable: {reason}"))?;
+        }
+        return result.map_err(|(code, message)| format!("{code}: {message}"));
+    }
+    let (reply, answer) = flume::bounded(1);
+    let call = crate::shard::ShardCall::Peer {
+        partition,
+        op,
+        reply,
+    };
+    shard.inboxes[owner]
+        .send_async(call)
+        .await
+        .map_err(|_| "shard stopped".to_string())?;
+    answer
+        .recv_async()
+        .await
+        .map_err(|_| "shard stopped".to_string())?
+        .map_err(|(code, message)| format!("{code}: {message}"))
+}
+
+/// Writes `record` to one replica; Ok when it applied it (or had newer).
+pub async fn replicate(
+    shard: &Rc<Shard>,
+    node: u16,
+    record: ReplicaRecord,
+    hint_for: Option<u16>,
+) -> Result<(), String> {
+    let Some(cluster) = shard.cluster.as_ref() else {
+        return Err("not clustered".to_string());
+    };
+    let partition = record.partition;
+    let response = if node == cluster.self_id {
+        local_peer_op(
+            shard,
+            partition,
+            PeerOp::Write {
+                records: vec![record],
+                hint_for,
+            },
+        )
+        .await?
+    } else {
+        let address = cluster
+            .address(node)
+            .ok_or_else(|| format!("node {node} unknown"))?;
+        let request = PeerRequest::ReplicaWrite {
+            hint_for,
+            records: vec![record],
+        };
+        let response = cluster
+            .links
+            .call(node, address, &request, cluster.request_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        cluster.heard_from(node);
+        response
+    };
+    match response {
+        PeerResponse::ReplicaWritten { statuses }
+            if matches!(statuses.first(), Some(&WRITE_APPLIED | &WRITE_STALE)) =>
+        {
+            Ok(())
+        }
+        other => Err(format!("node {node} did not apply the write: {other:?}")),
+    }
+}
+
+/// Coordinates a PUT or DELETE.
+pub async fn write(
+    shard: Rc<Shard>,
+    key: Bytes,
+    kind: EntryKind,
+    value: Bytes,
+    expires_at: u32,
+    write_quorum: Option<u8>,
+) -> Response {
+    let Some(cluster) = shard.cluster.as_ref() else {
+        return quorum_error(ErrorCode::Internal, "not clustered".into());
+    };
+    let partition = shard.partitioner.partition_of(&key);
+    let list = cluster.preference_list(partition);
+    let wanted = write_quorum
+        .unwrap_or(cluster.write_quorum)
+        .clamp(1, cluster.ring.replicas()) as usize;
+    if list.replicas.len() < wanted {
+        return quorum_error(
+            ErrorCode::QuorumUnavailable,
+            format!(
+                "partition {partition}: {} live replicas, W = {wanted} needed",
+                list.replicas.len()
+            ),
+        );
+    }
+    let version = shard.stamp();
+    let record = ReplicaRecord {
+        partition,
+        kind,
+        key,
+        value,
+        hlc: version.hlc,
+        origin: version.origin,
+        expires_at,
+    };
+    let (sender, results) = flume::unbounded();
+    for replica in &list.replicas {
+        let hint_for = match replica.role {
+            ReplicaRole::Fallback { primary } => Some(primary),
+            ReplicaRole::Primary => None,
+        };
+        let (shard, record, sender, node) = (
+            Rc::clone(&shard),
+            record.clone(),
+            sender.clone(),
+            replica.node,
+        );
+        glommio::spawn_local(async move {
+            let _ = sender.send(replicate(&shard, node, record, hint_for).await);
+        })
+        .detach();
+    }
+    drop(sender);
+    let (acknowledged, last_error) = wait_for(&results, wanted, cluster.request_timeout).await;
+    if acknowledged >= wanted {
+        return Response::Written {
+            version: WireVersion {
+                hlc: version.hlc,
+                origin: version.origin,
+            },
+        };
+    }
+    quorum_error(
+        ErrorCode::QuorumUnavailable,
+        format!(
+            "{acknowledged} of {} replicas acknowledged the write of partition {partition}, W = {wanted} needed{}",
+            list.replicas.len(),
+            last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+        ),
+    )
+}
+
+/// Counts successes until `wanted`, every result, or the deadline.
+async fn wait_for(
+    results: &flume::Receiver<Result<(), String>>,
+    wanted: usize,
+    timeout: Duration,
+) -> (usize, Option<String>) {
+    let mut acknowledged = 0;
+    let mut last_error = None;
+    let deadline = std::time::Instant::now() + timeout;
+    while acknowledged < wanted {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let next = async { results.recv_async().await.ok() };
+        let expired = async {
+            glommio::timer::sleep(left).await;
+            None
+        };
+        match futures_lite::future::or(next, expired).await {
+            Some(Ok(())) => acknowledged += 1,
+            Some(Err(error)) => last_error = Some(error),
+            None => break,
+        }
+    }
+    (acknowledged, last_error)
+}
+
+type ReadAnswer = (u16, ReplicaRole, Result<Option<ReplicaRecord>, String>);
+
+async fn read_replica(
+    shard: &Rc<Shard>,
+    node: u16,
+    partition: u32,
+    key: Bytes,
+) -> Result<Option<ReplicaRecord>, String> {
+    let Some(cluster) = shard.cluster.as_ref() else {
+        return Err("not clustered".to_string());
+    };
+    let response = if node == cluster.self_id {
+        local_peer_op(shard, partition, PeerOp::Read { key }).await?
+    } else {
+        let address = cluster
+            .address(node)
+            .ok_or_else(|| format!("node {node} unknown"))?;
+        let request = PeerRequest::ReplicaRead { partition, key };
+        let response = cluster
+            .links
+            .call(node, address, &request, cluster.request_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        cluster.heard_from(node);
+        response
+    };
+    match response {
+        PeerResponse::ReplicaEntry(entry) => Ok(entry),
+        other => Err(format!("node {node} answered a read with {other:?}")),
+    }
+}
+
+fn newer(candidate: &ReplicaRecord, than: Option<&ReplicaRecord>) -> bool {
+    than.is_none_or(|current| (candidate.hlc, candidate.origin) > (current.hlc, current.origin))
+}
+
+/// Coordinates a GET.
+pub async fn read(shard: Rc<Shard>, key: Bytes, read_quorum: Option<u8>) -> Response {
+    let Some(cluster) = shard.cluster.as_ref() else {
+        return quorum_error(ErrorCode::Internal, "not clustered".into());
+    };
+    let partition = shard.partitioner.partition_of(&key);
+    let list = cluster.preference_list(partition);
+    let wanted = read_quorum
+        .unwrap_or(cluster.read_quorum)
+        .clamp(1, cluster.ring.replicas()) as usize;
+    if list.replicas.len() < wanted {
+        return quorum_error(
+            ErrorCode::QuorumUnavailable,
+            format!(
+                "partition {partition}: {} live replicas, R = {wanted} needed",
+                list.replicas.len()
+            ),
+        );
+    }
+    let (sender, results) = flume::unbounded::<ReadAnswer>();
+    for replica in &list.replicas {
+        let (shard, sender, key, node, role) = (
+            Rc::clone(&shard),
+            sender.clone(),
+            key.clone(),
+            replica.node,
+            replica.role,
+        );
+        glommio::spawn_local(async move {
+            let _ = sender.send((node, role, read_replica(&shard, node, partition, key).await));
+        })
+        .detach();
+    }
+    drop(sender);
+    let mut answers: Vec<(u16, ReplicaRole, Option<ReplicaRecord>)> = Vec::new();
+    let mut last_error = None;
+    let deadline = std::time::Instant::now() + cluster.request_timeout;
+    while answers.len() < wanted {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let next = async { results.recv_async().await.ok() };
+        let expired = async {
+            glommio::timer::sleep(left).await;
+            None
+        };
+        match futures_lite::future::or(next, expired).await {
+            Some((node, role, Ok(entry))) => answers.push((node, role, entry)),
+            Some((_, _, Err(error))) => last_error = Some(error),
+            None => break,
+        }
+    }
+    if answers.len() < wanted {
+        return quorum_error(
+            ErrorCode::QuorumUnavailable,
+            format!(
+                "{} of {} replicas answered the read of partition {partition}, R = {wanted} needed{}",
+                answers.len(),
+                list.replicas.len(),
+                last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+            ),
+        );
+    }
+    let mut newest: Option<ReplicaRecord> = None;
+    for (_, _, entry) in &answers {
+        if let Some(entry) = entry {
+            if newer(entry, newest.as_ref()) {
+                newest = Some(entry.clone());
+            }
+        }
+    }
+    if let Some(newest) = newest.clone() {
+        glommio::spawn_local(repair(Rc::clone(&shard), newest, answers, results)).detach();
+    }
+    match newest {
+        Some(record)
+            if record.kind == EntryKind::Put
+                && !(record.expires_at != 0 && now_s() >= record.expires_at as u64) =>
+        {
+            Response::Value(VersionedValue {
+                version: WireVersion {
+                    hlc: record.hlc,
+                    origin: record.origin,
+                },
+                value: record.value,
+            })
+        }
+        _ => Response::NotFound,
+    }
+}
+
+/// Read repair: sends the newest record to every replica that answered
+/// with something older, and to those that answer late with something older.
+async fn repair(
+    shard: Rc<Shard>,
+    newest: ReplicaRecord,
+    answers: Vec<(u16, ReplicaRole, Option<ReplicaRecord>)>,
+    late: flume::Receiver<ReadAnswer>,
+) {
+    let stale = |entry: &Option<ReplicaRecord>| newer(&newest, entry.as_ref());
+    let mut targets: Vec<(u16, ReplicaRole)> = answers
+        .iter()
+        .filter(|(_, _, entry)| stale(entry))
+        .map(|(node, role, _)| (*node, *role))
+        .collect();
+    while let Ok((node, role, answer)) = late.recv_async().await {
+        if let Ok(entry) = answer {
+            if stale(&entry) {
+                targets.push((node, role));
+            }
+        }
+    }
+    for (node, role) in targets {
+        let hint_for = match role {
+            ReplicaRole::Fallback { primary } => Some(primary),
+            ReplicaRole::Primary => None,
+        };
+        match replicate(&shard, node, newest.clone(), hint_for).await {
+            Ok(()) => shard
+                .counters
+                .read_repairs
+                .set(shard.counters.read_repairs.get() + 1),
+            Err(error) => tracing::debug!(node, %error, "read repair failed"),
+        }
+    }
+}

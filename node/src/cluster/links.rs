@@ -1,0 +1,289 @@
+//! Persistent connections from one shard to the other members.
+//!
+//! One connection per member per shard, opened on first use with a HELLO of
+//! role `peer`, then shared by every request of the shard: requests are
+//! pipelined with ids, a reader task hands each answer to its waiter, and a
+//! waiter gives up at its deadline. A broken connection fails every request
+//! in flight on it and is opened again by the next request.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_lite::io::{ReadHalf, WriteHalf};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::sync::Semaphore;
+use meridian_net::message::Hello;
+use meridian_net::peer::{PeerRequest, PeerResponse};
+use meridian_net::{
+    Decoder, Encoder, ErrorCode, Frame, Limits, Opcode, Request, Response, Role, PROTOCOL_VERSION,
+};
+
+use crate::config::Config;
+
+/// Why a call to a peer failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    #[error("cannot reach node {node} at {address}: {reason}")]
+    Connect {
+        node: u16,
+        address: String,
+        reason: String,
+    },
+    #[error("node {node} did not answer within {timeout_ms} ms")]
+    Timeout { node: u16, timeout_ms: u64 },
+    #[error("connection to node {node} broke")]
+    Closed { node: u16 },
+    #[error("node {node} refused: {code}: {message}")]
+    Remote {
+        node: u16,
+        code: ErrorCode,
+        message: String,
+    },
+    #[error("node {node} answered something unreadable: {reason}")]
+    Malformed { node: u16, reason: String },
+}
+
+struct LinkConnection {
+    writer: RefCell<WriteHalf<TcpStream>>,
+    write_lock: Semaphore,
+    pending: RefCell<HashMap<u32, flume::Sender<Frame>>>,
+    next_id: Cell<u32>,
+    broken: Cell<bool>,
+}
+
+impl LinkConnection {
+    fn fail_all(&self) {
+        self.broken.set(true);
+        self.pending.borrow_mut().clear();
+    }
+}
+
+pub struct PeerLinks {
+    connections: RefCell<HashMap<u16, Rc<LinkConnection>>>,
+    connect_locks: RefCell<HashMap<u16, Rc<Semaphore>>>,
+    limits: Limits,
+    hello: Hello,
+}
+
+impl std::fmt::Debug for PeerLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerLinks")
+            .field("open", &self.connections.borrow().len())
+            .finish()
+    }
+}
+
+impl PeerLinks {
+    pub fn new(config: &Config) -> PeerLinks {
+        let secret = &config.node.secret;
+        PeerLinks {
+            connections: RefCell::default(),
+            connect_locks: RefCell::default(),
+            limits: Limits {
+                frame_bytes_max: config.limits.frame_bytes_max,
+                key_bytes_max: config.limits.key_bytes_max,
+                value_bytes_max: config.limits.value_bytes_max,
+                ..Limits::default()
+            },
+            hello: Hello {
+                protocol_version: PROTOCOL_VERSION,
+                role: Role::Peer,
+                cluster: config.node.cluster.clone(),
+                datacenter: config.node.datacenter.clone(),
+                credentials: (!secret.is_empty())
+                    .then(|| bytes::Bytes::from(secret.clone().into_bytes())),
+            },
+        }
+    }
+
+    /// Sends `request` to `node` and waits for its answer until `timeout`.
+    pub async fn call(
+        &self,
+        node: u16,
+        address: &str,
+        request: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, PeerError> {
+        let call = async {
+            let connection = self.connection(node, address).await?;
+            let request_id = connection.next_id.get();
+            connection.next_id.set(request_id.wrapping_add(1).max(1));
+            let (answer, reply) = flume::bounded(1);
+            connection.pending.borrow_mut().insert(request_id, answer);
+            let mut frame = BytesMut::new();
+            request
+                .encode(request_id, &self.limits, &mut frame)
+                .map_err(|e| PeerError::Malformed {
+                    node,
+                    reason: format!("request not encodable: {e}"),
+                })?;
+            let written = {
+                let _permit = connection.write_lock.acquire_permit(1).await;
+                let mut writer = connection.writer.borrow_mut();
+                writer.write_all(&frame).await
+            };
+            if written.is_err() {
+                connection.fail_all();
+                self.connections.borrow_mut().remove(&node);
+                return Err(PeerError::Closed { node });
+            }
+            let frame = reply
+                .recv_async()
+                .await
+                .map_err(|_| PeerError::Closed { node })?;
+            self.interpret(node, frame)
+        };
+        let deadline = async {
+            glommio::timer::sleep(timeout).await;
+            Err(PeerError::Timeout {
+                node,
+                timeout_ms: timeout.as_millis() as u64,
+            })
+        };
+        futures_lite::future::or(call, deadline).await
+    }
+
+    fn interpret(&self, node: u16, frame: Frame) -> Result<PeerResponse, PeerError> {
+        if frame.opcode == Opcode::ERROR {
+            return match frame.response(&self.limits) {
+                Ok(Response::Error { code, message }) => Err(PeerError::Remote {
+                    node,
+                    code,
+                    message,
+                }),
+                _ => Err(PeerError::Malformed {
+                    node,
+                    reason: "undecodable ERROR frame".to_string(),
+                }),
+            };
+        }
+        PeerResponse::decode(&frame, &self.limits).map_err(|e| PeerError::Malformed {
+            node,
+            reason: e.to_string(),
+        })
+    }
+
+    async fn connection(&self, node: u16, address: &str) -> Result<Rc<LinkConnection>, PeerError> {
+        if let Some(connection) = self.live_connection(node) {
+            return Ok(connection);
+        }
+        let lock = Rc::clone(
+            self.connect_locks
+                .borrow_mut()
+                .entry(node)
+                .or_insert_with(|| Rc::new(Semaphore::new(1))),
+        );
+        let _permit = lock.acquire_permit(1).await;
+        if let Some(connection) = self.live_connection(node) {
+            return Ok(connection);
+        }
+        let connection = self.connect(node, address).await?;
+        self.connections
+            .borrow_mut()
+            .insert(node, Rc::clone(&connection));
+        Ok(connection)
+    }
+
+    fn live_connection(&self, node: u16) -> Option<Rc<LinkConnection>> {
+        let connections = self.connections.borrow();
+        connections.get(&node).filter(|c| !c.broken.get()).cloned()
+    }
+
+    async fn connect(&self, node: u16, address: &str) -> Result<Rc<LinkConnection>, PeerError> {
+        let failed = |reason: String| PeerError::Connect {
+            node,
+            address: address.to_string(),
+            reason,
+        };
+        let mut stream = TcpStream::connect(address)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let mut hello = BytesMut::new();
+        Encoder::new(self.limits.clone())
+            .encode(0, &Request::Hello(self.hello.clone()), &mut hello)
+            .map_err(|e| failed(e.to_string()))?;
+        stream
+            .write_all(&hello)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let mut decoder = Decoder::new(self.limits.clone());
+        let mut input = BytesMut::new();
+        let mut chunk = vec![0u8; 4096];
+        let answer = loop {
+            if let Some(frame) = decoder
+                .decode(&mut input)
+                .map_err(|e| failed(e.to_string()))?
+            {
+                break frame;
+            }
+            let read = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            if read == 0 {
+                return Err(failed("closed during HELLO".to_string()));
+            }
+            input.extend_from_slice(&chunk[..read]);
+        };
+        match answer.response(&self.limits) {
+            Ok(Response::HelloOk { .. }) => {}
+            Ok(Response::Error { code, message }) => {
+                return Err(PeerError::Remote {
+                    node,
+                    code,
+                    message,
+                })
+            }
+            other => return Err(failed(format!("unexpected answer to HELLO: {other:?}"))),
+        }
+        let (reader, writer) = futures_lite::io::split(stream);
+        let connection = Rc::new(LinkConnection {
+            writer: RefCell::new(writer),
+            write_lock: Semaphore::new(1),
+            pending: RefCell::default(),
+            next_id: Cell::new(1),
+            broken: Cell::new(false),
+        });
+        glommio::spawn_local(read_answers(Rc::clone(&connection), reader, decoder, input)).detach();
+        Ok(connection)
+    }
+}
+
+/// Hands every answer on a connection to its waiter, until the connection ends.
+async fn read_answers(
+    connection: Rc<LinkConnection>,
+    mut reader: ReadHalf<TcpStream>,
+    mut decoder: Decoder,
+    mut input: BytesMut,
+) {
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        loop {
+            match decoder.decode(&mut input) {
+                Ok(Some(frame)) => {
+                    if let Some(waiter) = connection.pending.borrow_mut().remove(&frame.request_id)
+                    {
+                        let _ = waiter.send(frame);
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    connection.fail_all();
+                    return;
+                }
+            }
+        }
+        match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => {
+                connection.fail_all();
+                return;
+            }
+            Ok(read) => input.extend_from_slice(&chunk[..read]),
+        }
+    }
+}
