@@ -8,6 +8,8 @@
 //!   status 0, `kill` sends SIGKILL, `restart` starts it again on the same
 //!   data directory. Dropping the handle kills the process and removes the
 //!   directory, so a failing test leaves nothing behind.
+//! - [`cluster::TestCluster`] starts several such servers as the members of
+//!   one ring, on loopback ports chosen before the first one starts.
 //! - [`wait_until`] polls a condition until a deadline: tests wait on
 //!   conditions, never on fixed sleeps.
 //! - [`raw`] speaks bytes to a server over a plain `TcpStream`, to craft
@@ -158,6 +160,8 @@ pub struct ServerConfig {
     /// section → key → TOML value text, in a stable order.
     sections: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
     metrics_listen: String,
+    /// The `--listen` argument: an ephemeral port unless [`ServerConfig::listen`] set one.
+    listen: String,
 }
 
 impl Default for ServerConfig {
@@ -165,6 +169,7 @@ impl Default for ServerConfig {
         ServerConfig {
             sections: Default::default(),
             metrics_listen: String::new(),
+            listen: "127.0.0.1:0".to_string(),
         }
         .set("storage", "partitions", "8")
         .set("storage", "segment_bytes", "4194304")
@@ -203,6 +208,14 @@ impl ServerConfig {
     pub fn metrics_listen(mut self, address: &str) -> ServerConfig {
         self.metrics_listen = address.to_string();
         self
+    }
+
+    /// A fixed client and peer address (`--listen` and `node.listen`), for
+    /// cluster members whose addresses every member's config must name up
+    /// front. Without it a server listens on an ephemeral port.
+    pub fn listen(mut self, address: SocketAddr) -> ServerConfig {
+        self.listen = address.to_string();
+        self.set("node", "listen", &format!("\"{address}\""))
     }
 
     /// The TOML text.
@@ -245,7 +258,8 @@ impl ServerProcess {
         server
     }
 
-    /// The address clients connect to (a new port after each restart).
+    /// The address clients connect to (a new port after each restart,
+    /// unless the config fixed one with [`ServerConfig::listen`]).
     pub fn address(&self) -> SocketAddr {
         self.address
     }
@@ -286,7 +300,8 @@ impl ServerProcess {
             .expect("open the server log");
         let mut child = Command::new(meridian_binary())
             .arg("server")
-            .args(["--listen", "127.0.0.1:0"])
+            .arg("--listen")
+            .arg(&self.config.listen)
             .arg("--metrics-listen")
             .arg(&self.config.metrics_listen)
             .arg("--data-dir")
@@ -485,3 +500,5 @@ pub fn free_loopback_port() -> u16 {
 pub mod raw;
 
 pub mod load;
+
+pub mod cluster;

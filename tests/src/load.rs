@@ -102,3 +102,69 @@ pub fn verify_acknowledged(client: &mut Client, acknowledged: &[(String, Vec<u8>
         }
     }
 }
+
+/// Pipelines PUTs of keys `{prefix}-{n}` (WINDOW in flight) until `stop` is
+/// set or `limit` passes, then waits for the answers still in flight, so
+/// the cluster is quiet when it returns. Unlike
+/// [`write_until_disconnected`], a broken connection is recorded as an
+/// error answer: a writer whose server keeps running must not lose it.
+pub fn write_until_stopped(
+    config: ClientConfig,
+    prefix: String,
+    acknowledged_count: Arc<AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    limit: Duration,
+) -> WriterReport {
+    let mut report = WriterReport::default();
+    let mut client = match Client::connect(config) {
+        Ok(client) => client,
+        Err(error) => {
+            report.error_answers.push(format!("connect: {error}"));
+            return report;
+        }
+    };
+    let mut pending: HashMap<u32, (String, Vec<u8>)> = HashMap::new();
+    let deadline = Instant::now() + limit;
+    let mut sequence = 0;
+    loop {
+        let writing = !stop.load(Ordering::SeqCst) && Instant::now() < deadline;
+        if !writing && pending.is_empty() {
+            return report;
+        }
+        while writing && pending.len() < WINDOW {
+            let key = format!("{prefix}-{sequence}");
+            let value = value_for(&key, sequence);
+            sequence += 1;
+            match client.send(&put_request(key.as_bytes(), &value, None)) {
+                Ok(id) => pending.insert(id, (key, value)),
+                Err(error) => {
+                    report.error_answers.push(format!("send {key}: {error}"));
+                    return report;
+                }
+            };
+        }
+        let (id, response) = match client.recv_any() {
+            Ok(answer) => answer,
+            Err(error) => {
+                report.error_answers.push(format!(
+                    "connection lost with {} writes in flight: {error}",
+                    pending.len()
+                ));
+                return report;
+            }
+        };
+        let Some(write) = pending.remove(&id) else {
+            report
+                .error_answers
+                .push(format!("answer to unknown request {id}"));
+            continue;
+        };
+        match response {
+            Response::Written { .. } => {
+                report.acknowledged.push(write);
+                acknowledged_count.fetch_add(1, Ordering::SeqCst);
+            }
+            other => report.error_answers.push(format!("{}: {other:?}", write.0)),
+        }
+    }
+}
