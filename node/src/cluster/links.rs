@@ -108,12 +108,21 @@ impl PeerLinks {
         request: &PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, PeerError> {
-        let call = async {
-            let connection = self.connection(node, address).await?;
-            let request_id = connection.next_id.get();
-            connection.next_id.set(request_id.wrapping_add(1).max(1));
-            let (answer, reply) = flume::bounded(1);
-            connection.pending.borrow_mut().insert(request_id, answer);
+        let expired = || PeerError::Timeout {
+            node,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        let connect = async { Some(self.connection(node, address).await) };
+        let connection = match futures_lite::future::or(connect, sleep_none(timeout)).await {
+            Some(connection) => connection?,
+            None => return Err(expired()),
+        };
+        let request_id = connection.next_id.get();
+        connection.next_id.set(request_id.wrapping_add(1).max(1));
+        let (answer, reply) = flume::bounded(1);
+        connection.pending.borrow_mut().insert(request_id, answer);
+        let exchange = async {
             let mut frame = BytesMut::new();
             request
                 .encode(request_id, &self.limits, &mut frame)
@@ -137,14 +146,15 @@ impl PeerLinks {
                 .map_err(|_| PeerError::Closed { node })?;
             self.interpret(node, frame)
         };
-        let deadline = async {
-            glommio::timer::sleep(timeout).await;
-            Err(PeerError::Timeout {
-                node,
-                timeout_ms: timeout.as_millis() as u64,
-            })
-        };
-        futures_lite::future::or(call, deadline).await
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match futures_lite::future::or(async { Some(exchange.await) }, sleep_none(left)).await {
+            Some(result) => result,
+            None => {
+                // Forget the waiter: a late answer is dropped on arrival.
+                connection.pending.borrow_mut().remove(&request_id);
+                Err(expired())
+            }
+        }
     }
 
     fn interpret(&self, node: u16, frame: Frame) -> Result<PeerResponse, PeerError> {
@@ -252,6 +262,12 @@ impl PeerLinks {
         glommio::spawn_local(read_answers(Rc::clone(&connection), reader, decoder, input)).detach();
         Ok(connection)
     }
+}
+
+/// Sleeps for `duration`, then yields `None` (the losing side of a race).
+async fn sleep_none<T>(duration: Duration) -> Option<T> {
+    glommio::timer::sleep(duration).await;
+    None
 }
 
 /// Hands every answer on a connection to its waiter, until the connection ends.
