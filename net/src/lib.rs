@@ -48,6 +48,7 @@ pub mod error;
 pub mod format;
 pub mod message;
 pub mod peer;
+mod reader;
 
 pub use codec::{check_header, Decoder, Encode, Encoder, Frame};
 pub use error::{DecodeError, EncodeError, ErrorCode};

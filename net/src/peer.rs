@@ -65,6 +65,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::Encode;
 use crate::format::{FRAME_BYTES_MAX_DEFAULT, HEADER_LEN, OPTION_BIT_0};
+use crate::reader::Reader;
 use crate::{DecodeError, EncodeError, Encoder, Frame, Limits, Opcode, OpcodeKind};
 
 /// Request: read a key's newest record from a vnode.
@@ -340,7 +341,7 @@ impl PeerRequest {
                     _ => Some(reader.u16("hint_for")?),
                 };
                 let (count, capacity) =
-                    reader.count("record count", RECORD_FIXED_LEN, check_batch)?;
+                    reader.checked_count("record count", RECORD_FIXED_LEN, check_batch)?;
                 let mut records = Vec::with_capacity(capacity);
                 for _ in 0..count {
                     records.push(reader.record()?);
@@ -424,7 +425,7 @@ impl PeerResponse {
                 }
             },
             REPLICA_WRITTEN => {
-                let (count, capacity) = reader.count("status count", 1, check_batch)?;
+                let (count, capacity) = reader.checked_count("status count", 1, check_batch)?;
                 let mut statuses = Vec::with_capacity(capacity);
                 for _ in 0..count {
                     let status = reader.u8("replica write status")?;
@@ -441,7 +442,8 @@ impl PeerResponse {
                 ring_epoch: reader.u64("ring_epoch")?,
             },
             DIGESTS_REPLY => {
-                let (count, capacity) = reader.count("digests count", DIGEST_LEN, check_digests)?;
+                let (count, capacity) =
+                    reader.checked_count("digests count", DIGEST_LEN, check_digests)?;
                 let mut digests = Vec::with_capacity(capacity);
                 for _ in 0..count {
                     digests.push(reader.u64("digest")?);
@@ -450,7 +452,7 @@ impl PeerResponse {
             }
             BUCKET_ENTRIES_REPLY => {
                 let (count, capacity) =
-                    reader.count("entry count", SUMMARY_FIXED_LEN, check_batch)?;
+                    reader.checked_count("entry count", SUMMARY_FIXED_LEN, check_batch)?;
                 let mut entries = Vec::with_capacity(capacity);
                 for _ in 0..count {
                     entries.push(reader.summary()?);
@@ -634,77 +636,13 @@ fn check_opcode(opcode: Opcode, direction: Direction) -> Result<(), DecodeError>
     }
 }
 
-/// A cursor over a body that checks before it slices.
-struct Reader<'a> {
-    body: Bytes,
-    limits: &'a Limits,
-}
-
 impl Reader<'_> {
-    fn take(&mut self, field: &'static str, len: u64) -> Result<Bytes, DecodeError> {
-        if len > self.body.len() as u64 {
-            return Err(DecodeError::Truncated {
-                field,
-                needed: len,
-                remaining: self.body.len(),
-            });
-        }
-        // Checked above: len <= body.len(), so the cast and split are in range.
-        Ok(self.body.split_to(len as usize))
-    }
-
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
-        let bytes = self.take(field, N as u64)?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(&bytes);
-        Ok(out)
-    }
-
-    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
-        Ok(self.array::<1>(field)?[0])
-    }
-
-    fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
-        Ok(u16::from_le_bytes(self.array(field)?))
-    }
-
-    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(self.array(field)?))
-    }
-
-    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(self.array(field)?))
-    }
-
-    fn options(&mut self, known: u8) -> Result<u8, DecodeError> {
-        let options = self.u8("options")?;
-        if options & !known != 0 {
-            return Err(DecodeError::InvalidValue {
-                field: "options",
-                value: u64::from(options),
-            });
-        }
-        Ok(options)
-    }
-
     fn kind(&mut self) -> Result<EntryKind, DecodeError> {
         let raw = self.u8("entry kind")?;
         EntryKind::from_u8(raw).ok_or(DecodeError::InvalidValue {
             field: "entry kind",
             value: u64::from(raw),
         })
-    }
-
-    fn key(&mut self) -> Result<Bytes, DecodeError> {
-        let len = u64::from(self.u16("key length")?);
-        check_key(len, self.limits).map_err(Breach::decode_error)?;
-        self.take("key", len)
-    }
-
-    fn value(&mut self) -> Result<Bytes, DecodeError> {
-        let len = u64::from(self.u32("value length")?);
-        check_value(len, self.limits).map_err(Breach::decode_error)?;
-        self.take("value", len)
     }
 
     fn ring(&mut self) -> Result<Bytes, DecodeError> {
@@ -715,7 +653,7 @@ impl Reader<'_> {
 
     /// Reads a count, checks it, and returns it with a safe initial
     /// capacity (no more entries than the remaining bytes could hold).
-    fn count(
+    fn checked_count(
         &mut self,
         field: &'static str,
         entry_len_min: u64,
@@ -758,16 +696,6 @@ impl Reader<'_> {
             origin,
             kind,
         })
-    }
-
-    fn finish(self, opcode: Opcode) -> Result<(), DecodeError> {
-        if !self.body.is_empty() {
-            return Err(DecodeError::TrailingBytes {
-                opcode: opcode.0,
-                extra: self.body.len(),
-            });
-        }
-        Ok(())
     }
 }
 

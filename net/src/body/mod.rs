@@ -13,93 +13,15 @@
 
 use bytes::Bytes;
 
+use crate::reader::Reader;
+
 use crate::error::{DecodeError, ErrorCode};
 use crate::format::{Limits, OPTION_BIT_0, OPTION_BIT_1, VERSION_LEN};
 use crate::message::{Hello, Opcode, OpcodeKind, Request, Response, Role, Version, VersionedValue};
 
 mod encode;
 
-/// A cursor over a body that checks before it slices.
-struct Reader<'a> {
-    body: Bytes,
-    limits: &'a Limits,
-}
-
-impl<'a> Reader<'a> {
-    fn need(&self, field: &'static str, needed: u64) -> Result<(), DecodeError> {
-        if needed > self.body.len() as u64 {
-            return Err(DecodeError::Truncated {
-                field,
-                needed,
-                remaining: self.body.len(),
-            });
-        }
-        Ok(())
-    }
-
-    fn take(&mut self, field: &'static str, len: u64) -> Result<Bytes, DecodeError> {
-        self.need(field, len)?;
-        // `need` proved len <= body.len(), so the cast and split are in range.
-        Ok(self.body.split_to(len as usize))
-    }
-
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
-        self.need(field, N as u64)?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(&self.body[..N]);
-        bytes::Buf::advance(&mut self.body, N);
-        Ok(out)
-    }
-
-    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
-        Ok(self.array::<1>(field)?[0])
-    }
-
-    fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
-        Ok(u16::from_le_bytes(self.array(field)?))
-    }
-
-    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(self.array(field)?))
-    }
-
-    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(self.array(field)?))
-    }
-
-    fn options(&mut self, known: u8) -> Result<u8, DecodeError> {
-        let options = self.u8("options")?;
-        if options & !known != 0 {
-            return Err(DecodeError::InvalidValue {
-                field: "options",
-                value: u64::from(options),
-            });
-        }
-        Ok(options)
-    }
-
-    fn key(&mut self) -> Result<Bytes, DecodeError> {
-        let len = self.u16("key length")?;
-        if u32::from(len) > self.limits.key_bytes_max {
-            return Err(DecodeError::KeyTooLarge {
-                len: u64::from(len),
-                max: self.limits.key_bytes_max,
-            });
-        }
-        self.take("key", u64::from(len))
-    }
-
-    fn value(&mut self) -> Result<Bytes, DecodeError> {
-        let len = self.u32("value length")?;
-        if len > self.limits.value_bytes_max {
-            return Err(DecodeError::ValueTooLarge {
-                len: u64::from(len),
-                max: self.limits.value_bytes_max,
-            });
-        }
-        self.take("value", u64::from(len))
-    }
-
+impl Reader<'_> {
     fn utf8(field: &'static str, bytes: &[u8]) -> Result<String, DecodeError> {
         match std::str::from_utf8(bytes) {
             Ok(text) => Ok(text.to_owned()),
@@ -147,16 +69,6 @@ impl<'a> Reader<'a> {
         }
         let capacity = (count as usize).min(self.body.len() / entry_len_min.max(1));
         Ok((count, capacity))
-    }
-
-    fn finish(self, opcode: Opcode) -> Result<(), DecodeError> {
-        if !self.body.is_empty() {
-            return Err(DecodeError::TrailingBytes {
-                opcode: opcode.0,
-                extra: self.body.len(),
-            });
-        }
-        Ok(())
     }
 }
 

@@ -14,7 +14,7 @@
 //! - a failure names how many replicas answered and what was needed.
 
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use meridian_net::message::{Version as WireVersion, VersionedValue};
@@ -190,23 +190,25 @@ pub async fn write(
     )
 }
 
+/// The next result on `results`, or `None` once every sender is gone or
+/// `deadline` passed.
+async fn next_before<T>(results: &flume::Receiver<T>, deadline: Instant) -> Option<T> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let next = async { results.recv_async().await.ok() };
+    let expired = async {
+        glommio::timer::sleep(left).await;
+        None
+    };
+    futures_lite::future::or(next, expired).await
+}
+
 /// Counts successes until `wanted`, every result, or the deadline.
-async fn wait_for(
-    results: &flume::Receiver<Result<(), String>>,
-    wanted: usize,
-    timeout: Duration,
-) -> (usize, Option<String>) {
+async fn wait_for(results: &flume::Receiver<Result<(), String>>, wanted: usize, timeout: Duration) -> (usize, Option<String>) {
     let mut acknowledged = 0;
     let mut last_error = None;
-    let deadline = std::time::Instant::now() + timeout;
+    let deadline = Instant::now() + timeout;
     while acknowledged < wanted {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let next = async { results.recv_async().await.ok() };
-        let expired = async {
-            glommio::timer::sleep(left).await;
-            None
-        };
-        match futures_lite::future::or(next, expired).await {
+        match next_before(results, deadline).await {
             Some(Ok(())) => acknowledged += 1,
             Some(Err(error)) => last_error = Some(error),
             None => break,
@@ -287,15 +289,9 @@ pub async fn read(shard: Rc<Shard>, key: Bytes, read_quorum: Option<u8>) -> Resp
     drop(sender);
     let mut answers: Vec<(u16, ReplicaRole, Option<ReplicaRecord>)> = Vec::new();
     let mut last_error = None;
-    let deadline = std::time::Instant::now() + cluster.request_timeout;
+    let deadline = Instant::now() + cluster.request_timeout;
     while answers.len() < wanted {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let next = async { results.recv_async().await.ok() };
-        let expired = async {
-            glommio::timer::sleep(left).await;
-            None
-        };
-        match futures_lite::future::or(next, expired).await {
+        match next_before(&results, deadline).await {
             Some((node, role, Ok(entry))) => answers.push((node, role, entry)),
             Some((_, _, Err(error))) => last_error = Some(error),
             None => break,
