@@ -378,6 +378,31 @@ impl ServerProcess {
         );
     }
 
+    /// SIGSTOP: the process stays, its sockets stay open, and it answers
+    /// nothing until [`ServerProcess::thaw`] (or `kill`, or drop). Returns
+    /// once every thread of the process is stopped (the signal reaches
+    /// them asynchronously; Linux `/proc` tells).
+    pub fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+        let pid = self.pid().expect("freeze: the server is not running");
+        let stopped = wait_until(Instant::now() + STOP_DEADLINE, || all_threads_stopped(pid));
+        assert!(
+            stopped,
+            "meridian (pid {pid}) not stopped within {STOP_DEADLINE:?} of SIGSTOP"
+        );
+    }
+
+    /// SIGCONT after [`ServerProcess::freeze`].
+    pub fn thaw(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = self.pid().expect("signal: the server is not running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .unwrap_or_else(|error| panic!("send {signal}: {error}"));
+    }
+
     /// SIGKILL; waits for the process to be gone.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("kill: the server is not running");
@@ -436,6 +461,22 @@ impl Drop for ServerProcess {
             eprintln!("--- meridian server log (tail) ---\n{}", self.log_tail());
         }
     }
+}
+
+/// True when every thread of process `pid` is in state T (stopped) or t
+/// (traced), as `/proc/PID/task/*/stat` says.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).all(|task| {
+        let stat = fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // "TID (COMM) STATE …": COMM may hold spaces and parentheses.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        matches!(state, Some('T' | 't'))
+    })
 }
 
 /// Sends each line of `stdout` to the returned channel until EOF. Reading
