@@ -1,4 +1,38 @@
-//! Cross-datacenter replication: shipper, links, receiver, fullsync.
+//! Cross-datacenter replication (XDC): the runtime-free core.
 //!
-//! Skeleton: this crate is built by the cross-datacenter issue. Its state
-//! machines stay synchronous; glommio appears only at its I/O edge.
+//! This crate holds the formats and the state machines of XDC; it opens no
+//! socket, starts no thread and reads no clock. The server drives it: it
+//! tails a vnode's log through a [`Shipper`] (which batches with a
+//! [`Batcher`] and encodes BATCH bodies, [`format`]), sends the bodies over
+//! its link, feeds each body to the remote [`Receiver`] (which applies the
+//! records through the caller's [`Apply`] and answers with an ACK body), and
+//! hands the ACKs back to the shipper, which moves its acknowledged
+//! position; only then is the position persisted ([`CursorFile`]).
+//!
+//! Invariants the crate keeps, end to end:
+//! - a record is never shipped back to the datacenter that stamped it, and
+//!   records of third datacenters cross a link only when it cascades;
+//! - the persisted position is always one the remote side acknowledged: a
+//!   crash or a broken link replays, never skips;
+//! - replay is harmless: applying is last-writer-wins on `(hlc, origin)`;
+//! - decoders check every length against a limit before allocating and
+//!   never panic on any input.
+#![deny(unsafe_code)]
+
+pub mod batcher;
+pub mod cursor_file;
+mod error;
+pub mod format;
+pub mod receiver;
+pub mod shipper;
+
+pub use batcher::{datacenter_of, Batcher, BatcherConfig, Due, LinkConfig, Offered};
+pub use cursor_file::{CursorFile, CursorState};
+pub use error::{Error, Result};
+pub use format::{Ack, Batch, BatchLimits, Compression, XdcRecord};
+pub use receiver::{
+    Apply, ClockSkew, ReceiveError, Received, Receiver, ReceiverConfig, ReceiverStats,
+};
+pub use shipper::{
+    AckOutcome, Lag, LogSource, OutgoingBatch, Shipper, ShipperConfig, ShipperStats,
+};
