@@ -203,7 +203,11 @@ async fn next_before<T>(results: &flume::Receiver<T>, deadline: Instant) -> Opti
 }
 
 /// Counts successes until `wanted`, every result, or the deadline.
-async fn wait_for(results: &flume::Receiver<Result<(), String>>, wanted: usize, timeout: Duration) -> (usize, Option<String>) {
+async fn wait_for(
+    results: &flume::Receiver<Result<(), String>>,
+    wanted: usize,
+    timeout: Duration,
+) -> (usize, Option<String>) {
     let mut acknowledged = 0;
     let mut last_error = None;
     let deadline = Instant::now() + timeout;

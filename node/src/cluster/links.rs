@@ -48,8 +48,10 @@ pub enum PeerError {
 }
 
 struct LinkConnection {
-    writer: RefCell<WriteHalf<TcpStream>>,
-    write_lock: Semaphore,
+    /// Encoded frames for the writer task, which sends everything queued
+    /// while its previous write was in progress in one write.
+    /// Dropped when the connection fails, which ends the writer task.
+    outgoing: RefCell<Option<flume::Sender<BytesMut>>>,
     pending: RefCell<HashMap<u32, flume::Sender<Frame>>>,
     next_id: Cell<u32>,
     broken: Cell<bool>,
@@ -59,6 +61,15 @@ impl LinkConnection {
     fn fail_all(&self) {
         self.broken.set(true);
         self.pending.borrow_mut().clear();
+        self.outgoing.borrow_mut().take();
+    }
+
+    /// Queues a frame for the writer; false once the connection failed.
+    fn queue(&self, frame: BytesMut) -> bool {
+        self.outgoing
+            .borrow()
+            .as_ref()
+            .is_some_and(|sender| sender.send(frame).is_ok())
     }
 }
 
@@ -130,12 +141,7 @@ impl PeerLinks {
                     node,
                     reason: format!("request not encodable: {e}"),
                 })?;
-            let written = {
-                let _permit = connection.write_lock.acquire_permit(1).await;
-                let mut writer = connection.writer.borrow_mut();
-                writer.write_all(&frame).await
-            };
-            if written.is_err() {
+            if !connection.queue(frame) {
                 connection.fail_all();
                 self.connections.borrow_mut().remove(&node);
                 return Err(PeerError::Closed { node });
@@ -252,14 +258,15 @@ impl PeerLinks {
             other => return Err(failed(format!("unexpected answer to HELLO: {other:?}"))),
         }
         let (reader, writer) = futures_lite::io::split(stream);
+        let (outgoing, queued) = flume::unbounded();
         let connection = Rc::new(LinkConnection {
-            writer: RefCell::new(writer),
-            write_lock: Semaphore::new(1),
+            outgoing: RefCell::new(Some(outgoing)),
             pending: RefCell::default(),
             next_id: Cell::new(1),
             broken: Cell::new(false),
         });
         glommio::spawn_local(read_answers(Rc::clone(&connection), reader, decoder, input)).detach();
+        glommio::spawn_local(write_requests(Rc::clone(&connection), writer, queued)).detach();
         Ok(connection)
     }
 }
@@ -268,6 +275,29 @@ impl PeerLinks {
 async fn sleep_none<T>(duration: Duration) -> Option<T> {
     glommio::timer::sleep(duration).await;
     None
+}
+
+/// Sends queued request frames, coalescing whatever queued up during the
+/// previous write into the next one, until the connection ends.
+async fn write_requests(
+    connection: Rc<LinkConnection>,
+    mut writer: WriteHalf<TcpStream>,
+    queued: flume::Receiver<BytesMut>,
+) {
+    /// Bytes gathered into one write at most.
+    const COALESCE_BYTES_MAX: usize = 1 << 20;
+    while let Ok(mut batch) = queued.recv_async().await {
+        while batch.len() < COALESCE_BYTES_MAX {
+            match queued.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if connection.broken.get() || writer.write_all(&batch).await.is_err() {
+            connection.fail_all();
+            return;
+        }
+    }
 }
 
 /// Hands every answer on a connection to its waiter, until the connection ends.
