@@ -24,7 +24,10 @@
 //! while let Some(frame) = decoder.decode(&mut input).expect("a bad header: answer ERROR, close") {
 //!     let response = match frame.request(decoder.limits()) {
 //!         Ok(Request::Ping) => Response::Pong,
-//!         Ok(_) => unimplemented!(),
+//!         Ok(other) => Response::Error {
+//!             code: meridian_net::ErrorCode::UnknownOpcode,
+//!             message: format!("{} is not served here", other.opcode()),
+//!         },
 //!         // A bad body: answer with the error's code and message, then close.
 //!         Err(error) => Response::from_decode_error(&error),
 //!     };

@@ -37,7 +37,10 @@ enum Workload {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "meridian-bench", about = "Load generator for Meridian and RESP servers")]
+#[command(
+    name = "meridian-bench",
+    about = "Load generator for Meridian and RESP servers"
+)]
 struct Arguments {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:7411")]
@@ -112,7 +115,8 @@ struct Arguments {
 
 fn options(arguments: &Arguments) -> Result<Options, String> {
     let seconds = |value: f64, name: &str| {
-        Duration::try_from_secs_f64(value).map_err(|_| format!("--{name} {value} is not a duration"))
+        Duration::try_from_secs_f64(value)
+            .map_err(|_| format!("--{name} {value} is not a duration"))
     };
     let (mut read_fraction, mut distribution) = (
         arguments.read_ratio,

@@ -66,7 +66,10 @@ async fn serve(mut stream: TcpStream) {
                     }
                 }
             };
-            if encoder.encode(frame.request_id, &response, &mut output).is_err() {
+            if encoder
+                .encode(frame.request_id, &response, &mut output)
+                .is_err()
+            {
                 return;
             }
             if close {

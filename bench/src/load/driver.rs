@@ -174,7 +174,9 @@ fn connect(plan: &ThreadPlan) -> Result<(TcpStream, Wire, BytesMut), String> {
         .map_err(|e| e.to_string())?;
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
     if expected > 0 {
-        stream.write_all(&hello).map_err(|e| format!("HELLO: {e}"))?;
+        stream
+            .write_all(&hello)
+            .map_err(|e| format!("HELLO: {e}"))?;
         stream
             .set_read_timeout(Some(CONNECT_TIMEOUT))
             .map_err(|e| e.to_string())?;
@@ -358,7 +360,10 @@ fn fill_and_flush(
     let mut steps = 0usize;
     while connection.in_flight.len() < plan.pipeline && now < clock.window_end {
         steps += 1;
-        assert!(steps <= plan.pipeline, "fill loop is bounded by the pipeline");
+        assert!(
+            steps <= plan.pipeline,
+            "fill loop is bounded by the pipeline"
+        );
         let sent_at = match clock.interval {
             Some(interval) => {
                 if connection.next_intended > now {
@@ -374,7 +379,10 @@ fn fill_and_flush(
             break;
         };
         write_key(index, key);
-        match connection.wire.encode(kind, key, value, &mut connection.output) {
+        match connection
+            .wire
+            .encode(kind, key, value, &mut connection.output)
+        {
             Ok(request_id) => connection.in_flight.push_back(Pending {
                 request_id,
                 sent_at,
@@ -447,7 +455,9 @@ fn read_replies(
             continue;
         }
         let latency = done.saturating_duration_since(pending.sent_at).as_nanos() as u64;
-        result.histogram.saturating_record(latency.clamp(1, LATENCY_NS_MAX));
+        result
+            .histogram
+            .saturating_record(latency.clamp(1, LATENCY_NS_MAX));
         result.completed += 1;
         match pending.kind {
             OpKind::Get => result.reads += 1,

@@ -432,7 +432,9 @@ impl Report {
             self.latency.max_us,
         );
         if let Some(rate) = self.target_rate_ops {
-            text.push_str(&format!("\ntarget rate {rate:.0} ops/s (latency from intended send time)"));
+            text.push_str(&format!(
+                "\ntarget rate {rate:.0} ops/s (latency from intended send time)"
+            ));
         }
         if let (Some(cpu), Some(per)) = (self.server_cpu_s, self.server_cpu_us_per_request) {
             text.push_str(&format!(
@@ -441,7 +443,11 @@ impl Report {
             ));
         }
         if !self.failures.is_empty() {
-            text.push_str(&format!("\nfailures ({}): {:?}", self.failures.len(), &self.failures[..self.failures.len().min(3)]));
+            text.push_str(&format!(
+                "\nfailures ({}): {:?}",
+                self.failures.len(),
+                &self.failures[..self.failures.len().min(3)]
+            ));
         }
         text
     }

@@ -335,7 +335,12 @@ fn parse_signed(text: &[u8]) -> Result<i64, ProtocolError> {
     std::str::from_utf8(text)
         .ok()
         .and_then(|t| t.parse::<i64>().ok())
-        .ok_or_else(|| ProtocolError(format!("bad RESP length {:?}", String::from_utf8_lossy(text))))
+        .ok_or_else(|| {
+            ProtocolError(format!(
+                "bad RESP length {:?}",
+                String::from_utf8_lossy(text)
+            ))
+        })
 }
 
 #[cfg(test)]
@@ -388,7 +393,8 @@ mod tests {
     fn resp_commands_are_arrays_of_bulk_strings() {
         let mut wire = Wire::new(Protocol::Resp);
         let mut out = BytesMut::new();
-        wire.encode(OpKind::Put, b"key", b"value", &mut out).expect("set");
+        wire.encode(OpKind::Put, b"key", b"value", &mut out)
+            .expect("set");
         wire.encode(OpKind::Ping, b"", b"", &mut out).expect("ping");
         assert_eq!(
             &out[..],
