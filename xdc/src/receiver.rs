@@ -282,3 +282,168 @@ impl Receiver {
         assert!(self.applied.len() <= self.config.duplicate_window);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{decode_ack, encode_batch, Compression};
+    use bytes::Bytes;
+    use meridian_engine::{RecordKind, Version};
+    use std::collections::HashMap;
+
+    /// Last-writer-wins over a map; refuses the key "refuse".
+    #[derive(Default)]
+    struct Target {
+        entries: HashMap<Bytes, Version>,
+        applies: u32,
+    }
+
+    impl Apply for Target {
+        type Error = String;
+        fn apply(&mut self, record: &XdcRecord) -> Result<Applied, String> {
+            if &record.key[..] == b"refuse" {
+                return Err("refused".to_string());
+            }
+            self.applies += 1;
+            match self.entries.get(&record.key) {
+                Some(current) if *current >= record.version => {
+                    Ok(Applied::Stale { current: *current })
+                }
+                _ => {
+                    self.entries.insert(record.key.clone(), record.version);
+                    Ok(Applied::Written)
+                }
+            }
+        }
+    }
+
+    fn record(key: &str, hlc_ms: u64, datacenter: u8) -> XdcRecord {
+        XdcRecord {
+            kind: RecordKind::Put,
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::from_static(b"v"),
+            version: Version::new(hlc_ms << 16, (datacenter as u32) << 24),
+            expires_at: 0,
+            partition: 0,
+        }
+    }
+
+    fn body(sequence: u64, records: &[XdcRecord]) -> Bytes {
+        encode_batch(
+            4,
+            sequence,
+            records,
+            Compression::Lz4,
+            &BatchLimits::default(),
+        )
+        .expect("encode")
+    }
+
+    #[test]
+    fn a_duplicate_is_acknowledged_again_without_applying() {
+        let mut receiver = Receiver::new(ReceiverConfig::new(4));
+        let mut target = Target::default();
+        let batch = body(9, &[record("a", 10, 1), record("b", 10, 1)]);
+        let first = receiver.receive(&batch, 10, &mut target).expect("receive");
+        assert_eq!(
+            (first.ack.applied, first.ack.stale, first.ack.duplicate),
+            (2, 0, false)
+        );
+        let again = receiver.receive(&batch, 10, &mut target).expect("receive");
+        assert!(again.ack.duplicate);
+        assert_eq!(again.ack.applied, 2);
+        assert_eq!(decode_ack(&again.ack_body).expect("ack"), again.ack);
+        assert_eq!(target.applies, 2);
+        // The same sequence with other records is not a duplicate.
+        let other = body(9, &[record("c", 11, 1)]);
+        assert!(
+            !receiver
+                .receive(&other, 11, &mut target)
+                .expect("receive")
+                .ack
+                .duplicate
+        );
+        assert_eq!(receiver.stats().batches_duplicate, 1);
+    }
+
+    #[test]
+    fn conflicts_are_stale_records_against_another_datacenter() {
+        let mut receiver = Receiver::new(ReceiverConfig::new(4));
+        let mut target = Target::default();
+        target
+            .entries
+            .insert(Bytes::from_static(b"a"), Version::new(50 << 16, 2 << 24));
+        target
+            .entries
+            .insert(Bytes::from_static(b"b"), Version::new(50 << 16, 1 << 24));
+        let received = receiver
+            .receive(
+                &body(1, &[record("a", 40, 1), record("b", 40, 1)]),
+                60,
+                &mut target,
+            )
+            .expect("receive");
+        assert_eq!((received.ack.stale, received.conflicts), (2, 1));
+        assert_eq!(receiver.stats().conflicts, 1);
+    }
+
+    #[test]
+    fn clock_skew_is_reported_not_refused() {
+        let mut receiver = Receiver::new(ReceiverConfig::new(4));
+        let mut target = Target::default();
+        let received = receiver
+            .receive(
+                &body(1, &[record("a", 1000, 1), record("b", 3000, 1)]),
+                1000,
+                &mut target,
+            )
+            .expect("receive");
+        assert_eq!(received.ack.applied, 2);
+        let skew = received.clock_skew.expect("skew");
+        assert_eq!((skew.records, skew.ahead_ms_max), (1, 2000));
+    }
+
+    #[test]
+    fn a_failed_apply_leaves_the_batch_unacknowledged() {
+        let mut receiver = Receiver::new(ReceiverConfig::new(4));
+        let mut target = Target::default();
+        let batch = body(3, &[record("a", 1, 1), record("refuse", 1, 1)]);
+        assert!(matches!(
+            receiver.receive(&batch, 1, &mut target),
+            Err(ReceiveError::Apply {
+                sequence: 3,
+                index: 1,
+                ..
+            })
+        ));
+        assert!(matches!(
+            receiver.receive(&batch, 1, &mut target),
+            Err(ReceiveError::Apply { .. })
+        ));
+        let wrong_link =
+            encode_batch(5, 1, &[], Compression::None, &BatchLimits::default()).expect("encode");
+        assert!(matches!(
+            receiver.receive(&wrong_link, 1, &mut target),
+            Err(ReceiveError::Decode(Error::WrongLink { .. }))
+        ));
+    }
+
+    #[test]
+    fn the_duplicate_window_is_bounded() {
+        let mut config = ReceiverConfig::new(4);
+        config.duplicate_window = 2;
+        let mut receiver = Receiver::new(config);
+        let mut target = Target::default();
+        for sequence in 0..5 {
+            receiver
+                .receive(&body(sequence, &[record("a", 1, 1)]), 1, &mut target)
+                .expect("receive");
+        }
+        assert_eq!(receiver.applied.len(), 2);
+        // Forgotten: applied again, harmlessly (stale).
+        let old = receiver
+            .receive(&body(0, &[record("a", 1, 1)]), 1, &mut target)
+            .expect("receive");
+        assert_eq!((old.ack.duplicate, old.ack.stale), (false, 1));
+    }
+}

@@ -427,3 +427,148 @@ impl Shipper {
         Ok(lag)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_engine::{Options, Version};
+
+    const LOCAL_ORIGIN: u32 = 1 << 24;
+
+    fn setup(records: usize) -> (tempfile::TempDir, Store, Shipper) {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(directory.path(), Options::default()).expect("open");
+        for index in 0..records {
+            let hlc = (1000 + index as u64) << 16;
+            store
+                .put(
+                    format!("k{index}").as_bytes(),
+                    b"v",
+                    Version::new(hlc, LOCAL_ORIGIN),
+                    0,
+                )
+                .expect("put");
+        }
+        let link = LinkConfig {
+            link_id: 2,
+            local_datacenter: 1,
+            remote_datacenter: 2,
+            cascade: false,
+        };
+        let config = ShipperConfig {
+            max_in_flight: 3,
+            batcher: BatcherConfig {
+                batch_bytes_max: 1 << 20,
+                batch_records_max: 2,
+                batch_delay_ms: 0,
+            },
+            ..ShipperConfig::default()
+        };
+        let shipper = Shipper::new(link, config, store.log_start(), 7);
+        (directory, store, shipper)
+    }
+
+    fn ack(sequence: u64) -> Ack {
+        Ack {
+            link_id: 2,
+            sequence,
+            applied: 2,
+            stale: 0,
+            duplicate: false,
+        }
+    }
+
+    fn drain(shipper: &mut Shipper, store: &Store) -> Vec<OutgoingBatch> {
+        let mut sent = Vec::new();
+        while let Some(batch) = shipper.pump(store, 2000).expect("pump") {
+            sent.push(batch);
+        }
+        sent
+    }
+
+    #[test]
+    fn the_window_bounds_batches_in_flight() {
+        let (_directory, store, mut shipper) = setup(10);
+        let sent = drain(&mut shipper, &store);
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent[0].sequence, 7 << 32);
+        assert!(!shipper.window_open());
+        assert_eq!(shipper.poll(2000), None);
+        assert_eq!(
+            shipper.on_ack(&ack(sent[0].sequence)).expect("ack"),
+            AckOutcome::Advanced(sent[0].end)
+        );
+        assert_eq!(drain(&mut shipper, &store).len(), 1);
+    }
+
+    #[test]
+    fn out_of_order_acks_advance_only_the_acknowledged_prefix() {
+        let (_directory, store, mut shipper) = setup(6);
+        let sent = drain(&mut shipper, &store);
+        assert_eq!(sent.len(), 3);
+        let start = shipper.acknowledged();
+        assert_eq!(
+            shipper.on_ack(&ack(sent[2].sequence)).expect("ack"),
+            AckOutcome::Pending
+        );
+        assert_eq!(
+            shipper.on_ack(&ack(sent[1].sequence)).expect("ack"),
+            AckOutcome::Pending
+        );
+        assert_eq!(shipper.acknowledged(), start);
+        assert_eq!(
+            shipper.on_ack(&ack(sent[1].sequence)).expect("ack"),
+            AckOutcome::Ignored
+        );
+        assert_eq!(
+            shipper.on_ack(&ack(sent[0].sequence)).expect("ack"),
+            AckOutcome::Advanced(sent[2].end)
+        );
+        assert_eq!(shipper.acknowledged(), store.written_position());
+        let wrong = Ack {
+            link_id: 3,
+            ..ack(0)
+        };
+        assert!(matches!(
+            shipper.on_ack(&wrong),
+            Err(Error::WrongLink { .. })
+        ));
+    }
+
+    #[test]
+    fn a_lost_link_rewinds_to_the_acknowledged_position_with_new_sequences() {
+        let (_directory, store, mut shipper) = setup(6);
+        let sent = drain(&mut shipper, &store);
+        shipper.on_ack(&ack(sent[0].sequence)).expect("ack");
+        shipper.on_link_lost();
+        assert_eq!(shipper.read_position(), sent[0].end);
+        let resent = drain(&mut shipper, &store);
+        assert_eq!(resent.len(), 2);
+        assert_eq!(resent[0].end, sent[1].end);
+        assert!(resent[0].sequence > sent[2].sequence);
+        // An ack from before the rewind is ignored.
+        assert_eq!(
+            shipper.on_ack(&ack(sent[1].sequence)).expect("ack"),
+            AckOutcome::Ignored
+        );
+    }
+
+    #[test]
+    fn lag_reports_flight_age_and_watermark() {
+        let (_directory, store, mut shipper) = setup(4);
+        let lag = shipper.lag(&store, 5000).expect("lag");
+        assert_eq!(lag.oldest_unacknowledged_age_ms, Some(4000));
+        assert_eq!(lag.watermark_ms, 1000);
+        assert!(lag.log_bytes_behind.expect("one segment") > 0);
+        let sent = drain(&mut shipper, &store);
+        let lag = shipper.lag(&store, 5000).expect("lag");
+        assert_eq!((lag.batches_in_flight, lag.records_in_flight), (2, 4));
+        assert!(lag.bytes_in_flight > 0);
+        shipper.on_ack(&ack(sent[0].sequence)).expect("ack");
+        assert_eq!(shipper.lag(&store, 5000).expect("lag").watermark_ms, 1002);
+        shipper.on_ack(&ack(sent[1].sequence)).expect("ack");
+        let lag = shipper.lag(&store, 5000).expect("lag");
+        assert_eq!(lag.oldest_unacknowledged_age_ms, None);
+        assert_eq!((lag.watermark_ms, lag.log_bytes_behind), (5000, Some(0)));
+    }
+}
