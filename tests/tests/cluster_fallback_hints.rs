@@ -7,7 +7,8 @@
 //! 4 is SIGKILLed; the test waits until each survivor counts it down (an R
 //! = 3 read of keys in every partition succeeds only once the survivor
 //! asks a fallback instead of member 4), then writes a second set through
-//! all three survivors: every write must succeed. Member 4 restarts; hints
+//! all three survivors and overwrites and deletes some of the first: every
+//! write must succeed. Member 4 restarts; hints
 //! must be delivered and every partition's primaries must hold equal data.
 //!
 //! The check of "the primaries agree" without computing the ring in the
@@ -114,6 +115,41 @@ fn hints_bring_a_restarted_primary_up_to_date() {
         );
         second.extend(batch);
     }
+    // Overwrites and deletes of the first set travel as hints too.
+    let overwritten: Vec<(String, Vec<u8>)> = entries("before", FIRST_KEYS, "overwritten")
+        .into_iter()
+        .step_by(7)
+        .collect();
+    put_all(
+        &mut cluster.client(2),
+        &overwritten,
+        "overwrites, member 4 down",
+    );
+    let deleted: Vec<String> = (3..FIRST_KEYS)
+        .step_by(7)
+        .map(|index| first[index].0.clone())
+        .collect();
+    let deletes: Vec<Request> = deleted
+        .iter()
+        .map(|key| meridian_net::client::core::delete_request(key.as_bytes()))
+        .collect();
+    for (key, answer) in deleted.iter().zip(pipeline(
+        &mut cluster.client(3),
+        &deletes,
+        "deletes, member 4 down",
+    )) {
+        assert!(
+            matches!(answer, Response::Written { .. }),
+            "DELETE {key} answered {answer:?}"
+        );
+    }
+    let mut expected: BTreeMap<String, Vec<u8>> = first.into_iter().collect();
+    expected.extend(overwritten);
+    for key in &deleted {
+        expected.remove(key);
+    }
+    expected.extend(second);
+    let expected: Vec<(String, Vec<u8>)> = expected.into_iter().collect();
     let survivors = [1, 2, 3];
     assert!(
         disagreement(&cluster.all_digests(&survivors)).is_some(),
@@ -141,7 +177,20 @@ fn hints_bring_a_restarted_primary_up_to_date() {
     );
     assert_eq!(cluster.cluster_counter("anti_entropy_repairs"), 0);
     let mut client = cluster.client(4);
-    read_all(&mut client, &first, None, "through member 4, first set");
-    read_all(&mut client, &second, None, "through member 4, second set");
+    read_all(&mut client, &expected, None, "through member 4");
+    let gets: Vec<Request> = deleted
+        .iter()
+        .map(|key| meridian_net::client::core::get_request(key.as_bytes()))
+        .collect();
+    for (key, answer) in deleted.iter().zip(pipeline(
+        &mut client,
+        &gets,
+        "deleted keys through member 4",
+    )) {
+        assert!(
+            matches!(answer, Response::NotFound),
+            "deleted key {key} answered {answer:?}"
+        );
+    }
     cluster.stop_all();
 }

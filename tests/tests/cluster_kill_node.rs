@@ -1,6 +1,7 @@
 //! Goal: in a three-node ring of two-shard members (N = 3, W = 2, R = 2,
-//! `durability = "sync"`) a member SIGKILLed under write load loses no acknowledged write, the
-//! survivors keep taking writes, and the member, once back, catches up.
+//! `durability = "sync"`) a member SIGKILLed under write load loses no
+//! acknowledged write, the survivors keep taking writes, and the member,
+//! once back, catches up.
 //!
 //! Method: two writer threads pipeline PUTs of unique keys through members
 //! 1 and 2 and record every acknowledgement. Member 3 is SIGKILLed once
