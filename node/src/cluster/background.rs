@@ -197,7 +197,7 @@ async fn compare_partition(shard: &Rc<Shard>, partition: u32, peer: u16) -> Resu
             PeerResponse::BucketEntriesReply { entries } => entries,
             other => return Err(format!("unexpected local answer {other:?}")),
         };
-        repaired += reconcile(shard, partition, peer, &ours, &theirs, &call).await?;
+        repaired += reconcile(shard, partition, &ours, &theirs, &call).await?;
     }
     Ok(repaired)
 }
@@ -209,7 +209,6 @@ fn version(entry: &EntrySummary) -> (u64, u32) {
 async fn reconcile<F, Fut>(
     shard: &Rc<Shard>,
     partition: u32,
-    peer: u16,
     ours: &[EntrySummary],
     theirs: &[EntrySummary],
     call: &F,
@@ -242,6 +241,9 @@ where
         .await?;
         repaired += batch.len();
     }
+    // Pull what the peer has newer; apply the pulled records as one write,
+    // so they share one sync.
+    let mut pulled: Vec<ReplicaRecord> = Vec::new();
     for entry in theirs {
         if our_versions
             .get(&entry.key[..])
@@ -249,26 +251,25 @@ where
         {
             continue;
         }
-        let record = match call(PeerRequest::ReplicaRead {
+        let request = PeerRequest::ReplicaRead {
             partition,
             key: entry.key.clone(),
-        })
-        .await?
-        {
-            PeerResponse::ReplicaEntry(Some(record)) => record,
-            _ => continue,
         };
-        let _ = peer;
+        if let PeerResponse::ReplicaEntry(Some(record)) = call(request).await? {
+            pulled.push(record);
+        }
+    }
+    for batch in pulled.chunks(PUSH_BATCH) {
         local_peer_op(
             shard,
             partition,
             PeerOp::Write {
-                records: vec![record],
+                records: batch.to_vec(),
                 hint_for: None,
             },
         )
         .await?;
-        repaired += 1;
+        repaired += batch.len();
     }
     shard
         .counters
