@@ -17,22 +17,65 @@ pub fn build_info() -> String {
     .to_string()
 }
 
-/// A cluster of one: this node owns every partition.
+/// The ring as this node sees it: members with their status (this shard's
+/// failure detector), ring epoch, partitions each member owns and is a
+/// replica of, pending handoffs. A cluster of one owns every partition.
 pub fn cluster_info(shard: &Shard) -> String {
     let config = &shard.config;
+    let Some(cluster) = shard.cluster.as_ref() else {
+        return json!({
+            "cluster": config.node.cluster,
+            "datacenter": config.node.datacenter,
+            "ring_epoch": 1,
+            "partitions": config.storage.partitions,
+            "replicas": 1,
+            "members": [{
+                "node_id": config.node.node_id,
+                "address": config.node.listen.to_string(),
+                "status": "up",
+                "partitions_owned": config.storage.partitions,
+                "partitions_replicated": config.storage.partitions,
+                "shards": shard.inboxes.len(),
+            }],
+            "pending_handoffs": 0,
+        })
+        .to_string();
+    };
+    let ring = &cluster.ring;
+    let members: Vec<serde_json::Value> = ring
+        .members()
+        .iter()
+        .map(|member| {
+            let owned = ring
+                .owners()
+                .iter()
+                .filter(|&&owner| owner == member.id)
+                .count();
+            let replicated = (0..ring.partitions())
+                .filter(|&p| ring.primaries(p).contains(&member.id))
+                .count();
+            json!({
+                "node_id": member.id,
+                "address": member.address,
+                "rack": member.rack,
+                "status": if cluster.is_live(member.id) { "up" } else { "down" },
+                "ring_status": format!("{:?}", member.status).to_lowercase(),
+                "partitions_owned": owned,
+                "partitions_replicated": replicated,
+                "this_node": member.id == cluster.self_id,
+            })
+        })
+        .collect();
     json!({
         "cluster": config.node.cluster,
         "datacenter": config.node.datacenter,
-        "ring_epoch": 1,
-        "partitions": config.storage.partitions,
-        "members": [{
-            "node_id": config.node.node_id,
-            "address": config.node.listen.to_string(),
-            "status": "up",
-            "partitions": config.storage.partitions,
-            "shards": shard.inboxes.len(),
-        }],
-        "pending_handoffs": 0,
+        "ring_epoch": ring.epoch(),
+        "partitions": ring.partitions(),
+        "replicas": ring.replicas(),
+        "read_quorum": cluster.read_quorum,
+        "write_quorum": cluster.write_quorum,
+        "members": members,
+        "pending_handoffs": ring.transfers().len(),
     })
     .to_string()
 }

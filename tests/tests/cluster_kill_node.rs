@@ -89,7 +89,32 @@ fn acknowledged_writes_survive_a_killed_member_and_reach_it_again() {
         );
     }
 
+    // CLUSTERINFO shows what the failure detector saw: member 3 down, then up.
+    let status_of_3 = |cluster: &TestCluster| -> String {
+        let info = cluster.client(1).clusterinfo().expect("clusterinfo");
+        let info: serde_json::Value = serde_json::from_str(&info).expect("clusterinfo is JSON");
+        assert_eq!(info["replicas"], 3);
+        let members = info["members"].as_array().expect("members").clone();
+        assert_eq!(members.len(), 3);
+        let member = members
+            .iter()
+            .find(|m| m["node_id"] == 3)
+            .expect("member 3 listed");
+        member["status"].as_str().expect("status").to_string()
+    };
+    assert!(
+        wait_until(Instant::now() + CONVERGENCE_DEADLINE, || status_of_3(
+            &cluster
+        ) == "down"),
+        "member 1 never reported member 3 down"
+    );
     cluster.node_mut(3).restart();
+    assert!(
+        wait_until(Instant::now() + CONVERGENCE_DEADLINE, || status_of_3(
+            &cluster
+        ) == "up"),
+        "member 1 never reported member 3 up again"
+    );
     let restarted = Instant::now();
     let converged = wait_until(Instant::now() + CONVERGENCE_DEADLINE, || {
         let digests: Vec<_> = [1, 2, 3]
