@@ -249,7 +249,14 @@ impl Shard {
     pub fn hint_delivered(&self, hint: &[u8], version: Version) {
         if let Some(store) = self.hints.borrow_mut().as_mut() {
             if store.version_of(hint).map(|(current, _)| current) == Some(version) {
-                let _ = store.delete(hint, Version::new(version.hlc + 1, version.origin));
+                // The smallest version above the delivered one: a newer hint
+                // for the same key (any greater version but this one) still
+                // lands after the delete.
+                let successor = match version.origin.checked_add(1) {
+                    Some(origin) => Version::new(version.hlc, origin),
+                    None => Version::new(version.hlc + 1, 0),
+                };
+                let _ = store.delete(hint, successor);
             }
         }
     }
