@@ -40,6 +40,18 @@ enum Slot {
     Peer(glommio::Task<Result<PeerResponse, Response>>),
 }
 
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Slot::Ready(_) => "Ready",
+            Slot::Durable(_) => "Durable",
+            Slot::Remote(_) => "Remote",
+            Slot::Coordinated(_) => "Coordinated",
+            Slot::Peer(_) => "Peer",
+        })
+    }
+}
+
 pub fn net_limits(shard: &Shard) -> Limits {
     let limits = &shard.config.limits;
     Limits {
@@ -73,6 +85,10 @@ pub struct Connection {
     role: Option<Role>,
     /// Set while requests are being executed (shutdown waits for it to clear).
     pub busy: Rc<std::cell::Cell<bool>>,
+    /// The answer slots of the batch being processed, kept between batches
+    /// so a batch allocates nothing (empty outside `process`; at most
+    /// `requests_in_flight_max` entries).
+    slots: Vec<(u32, Slot)>,
 }
 
 impl Connection {
@@ -85,6 +101,7 @@ impl Connection {
             greeted: false,
             role: None,
             busy,
+            slots: Vec::new(),
         }
     }
 
@@ -131,7 +148,8 @@ impl Connection {
     /// stopped at that limit (more frames may be waiting in `input`).
     async fn process(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> (bool, bool) {
         let in_flight_max = self.shard.config.limits.requests_in_flight_max;
-        let mut slots: Vec<(u32, Slot)> = Vec::new();
+        let mut slots = std::mem::take(&mut self.slots);
+        debug_assert!(slots.is_empty());
         let mut wait_epoch = None;
         let mut close = false;
         while slots.len() < in_flight_max {
@@ -163,7 +181,8 @@ impl Connection {
             Some(epoch) => self.shard.wait_synced(epoch).await,
             None => Ok(()),
         };
-        for (request_id, slot) in slots {
+        let answered = slots.len() as u64;
+        for (request_id, slot) in slots.drain(..) {
             let response = match slot {
                 Slot::Ready(response) => response,
                 Slot::Durable(response) => match &synced {
@@ -187,14 +206,17 @@ impl Connection {
             };
             self.send(request_id, &response, output);
         }
+        // Counted once per batch; `send` counts only the fallback paths'
+        // extra frames, never a request twice.
+        ShardCounters::add(&self.shard.counters.requests, answered);
+        self.slots = slots;
         (close, saturated)
     }
 
+    /// Encodes one answer (the request was counted by `process`).
     fn send(&self, request_id: u32, response: &Response, output: &mut BytesMut) {
-        let counters = &self.shard.counters;
-        ShardCounters::add(&counters.requests, 1);
         if matches!(response, Response::Error { .. }) {
-            ShardCounters::add(&counters.errors, 1);
+            ShardCounters::add(&self.shard.counters.errors, 1);
         }
         if let Err(refused) = self.encoder.encode(request_id, response, output) {
             let fallback = error(
@@ -206,7 +228,6 @@ impl Connection {
     }
 
     fn send_peer(&self, request_id: u32, answer: &PeerResponse, output: &mut BytesMut) {
-        ShardCounters::add(&self.shard.counters.requests, 1);
         if let Err(refused) = answer.encode(request_id, self.decoder.limits(), output) {
             let fallback = error(
                 ErrorCode::Internal,
