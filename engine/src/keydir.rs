@@ -4,9 +4,10 @@
 //! holds the top 32 bits of the key's hash, and a lookup confirms a match by
 //! comparing the key stored in the log (the caller's `is_key`). Entries live
 //! in fixed-size chunks (no reallocation, so no doubling peak), addressed by
-//! a 32-bit slot; a hash table of slots indexes them (5 bytes per bucket).
-//! At steady state an entry costs 32 bytes plus 5–11 bytes of index; while
-//! the index grows, the old and new index coexist (at most ~17 bytes more).
+//! a 32-bit slot; an index of `(hash bits, slot)` words finds them (8 bytes
+//! per bucket, see `slot_index`). At steady state an entry costs 32 bytes
+//! plus 9–18 bytes of index; while the index grows, the old and new index
+//! coexist (at most ~27 bytes of index per key then).
 //!
 //! Invariants:
 //! - every live slot is in the index exactly once, a free slot never;
@@ -14,7 +15,7 @@
 //! - two live entries never describe the same key (the caller checks with
 //!   `find` before `insert`).
 
-use hashbrown::HashTable;
+use crate::slot_index::SlotIndex;
 
 /// Marks a free slot in `Entry::segment`.
 const FREE_SLOT: u32 = u32::MAX;
@@ -82,15 +83,10 @@ impl Entry {
     }
 }
 
-/// Spreads the 32 stored hash bits over the 64 the hash table wants.
-fn table_hash(hash_high: u32) -> u64 {
-    (hash_high as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ hash_high as u64
-}
-
 #[derive(Default)]
 pub(crate) struct KeyDir {
     chunks: Vec<Box<[Entry]>>,
-    index: HashTable<u32>,
+    index: SlotIndex,
     free: Vec<u32>,
     /// Slots ever handed out (the next fresh slot).
     high_water: u32,
@@ -109,7 +105,7 @@ impl std::fmt::Debug for KeyDir {
 impl KeyDir {
     pub(crate) fn with_capacity(keys: usize) -> KeyDir {
         KeyDir {
-            index: HashTable::with_capacity(keys),
+            index: SlotIndex::with_capacity(keys),
             ..KeyDir::default()
         }
     }
@@ -144,44 +140,18 @@ impl KeyDir {
         mut is_key: impl FnMut(&Entry) -> bool,
     ) -> Option<u32> {
         let chunks = &self.chunks;
-        self.index
-            .find(table_hash(hash_high), |&slot| {
-                let entry = &chunks[slot as usize / CHUNK_ENTRIES][slot as usize % CHUNK_ENTRIES];
-                entry.hash_high == hash_high && is_key(entry)
-            })
-            .copied()
+        self.index.find(hash_high, |slot| {
+            let entry = &chunks[slot as usize / CHUNK_ENTRIES][slot as usize % CHUNK_ENTRIES];
+            debug_assert_eq!(entry.hash_high, hash_high);
+            is_key(entry)
+        })
     }
 
     /// Adds an entry for a key that has none; returns its slot.
     pub(crate) fn insert(&mut self, entry: Entry) -> u32 {
         assert!(entry.segment != FREE_SLOT);
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                let slot = self.high_water;
-                assert!(slot < FREE_SLOT, "key directory full");
-                if slot as usize % CHUNK_ENTRIES == 0 {
-                    let free = Entry {
-                        segment: FREE_SLOT,
-                        ..Entry::new(0, 0, 0, 0, false, crate::Version::default(), 0)
-                    };
-                    self.chunks
-                        .push(vec![free; CHUNK_ENTRIES].into_boxed_slice());
-                }
-                self.high_water += 1;
-                slot
-            }
-        };
-        self.chunks[slot as usize / CHUNK_ENTRIES][slot as usize % CHUNK_ENTRIES] = entry;
-        let chunks = &self.chunks;
-        self.index
-            .insert_unique(table_hash(entry.hash_high), slot, |&other| {
-                table_hash(
-                    chunks[other as usize / CHUNK_ENTRIES][other as usize % CHUNK_ENTRIES]
-                        .hash_high,
-                )
-            });
-        self.live += 1;
+        let slot = self.take_slot(entry);
+        self.index.insert_unique(entry.hash_high, slot);
         slot
     }
 
@@ -195,24 +165,18 @@ impl KeyDir {
         mut is_key: impl FnMut(&Entry) -> bool,
     ) -> Result<u32, u32> {
         assert!(entry.segment != FREE_SLOT);
-        let hash_high = entry.hash_high;
         let chunks = &self.chunks;
-        let found = self.index.entry(
-            table_hash(hash_high),
-            |&slot| {
-                let other = &chunks[slot as usize / CHUNK_ENTRIES][slot as usize % CHUNK_ENTRIES];
-                other.hash_high == hash_high && is_key(other)
-            },
-            |&slot| {
-                table_hash(
-                    chunks[slot as usize / CHUNK_ENTRIES][slot as usize % CHUNK_ENTRIES].hash_high,
-                )
-            },
-        );
-        let vacant = match found {
-            hashbrown::hash_table::Entry::Occupied(occupied) => return Err(*occupied.get()),
-            hashbrown::hash_table::Entry::Vacant(vacant) => vacant,
-        };
+        let bucket = self.index.find_or_vacant(entry.hash_high, |slot| {
+            is_key(&chunks[slot as usize / CHUNK_ENTRIES][slot as usize % CHUNK_ENTRIES])
+        })?;
+        let slot = self.take_slot(entry);
+        self.index.fill(bucket, entry.hash_high, slot);
+        Ok(slot)
+    }
+
+    /// Stores `entry` in a free slot (a new chunk when none is free) and
+    /// counts it live; the caller adds the slot to the index.
+    fn take_slot(&mut self, entry: Entry) -> u32 {
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -226,13 +190,12 @@ impl KeyDir {
             }
         };
         self.chunks[slot as usize / CHUNK_ENTRIES][slot as usize % CHUNK_ENTRIES] = entry;
-        vacant.insert(slot);
         self.live += 1;
-        Ok(slot)
+        slot
     }
 
     /// `items` reordered by where their hashes' probes start in the index,
-    /// coarsely (4,096 regions; a counting sort that reads `items` in order
+    /// coarsely (65,536 regions; a counting sort that reads `items` in order
     /// and scatters copies). Inserting many keys in this order sweeps the
     /// index once instead of touching it at random: recovery's cost is the
     /// index's cache and TLB misses, not its work. Only an access order: any
@@ -242,14 +205,10 @@ impl KeyDir {
         items: &[T],
         hash_high_of: impl Fn(&T) -> u32,
     ) -> Vec<T> {
-        const REGION_BITS: u32 = 12;
-        // hashbrown keeps 7/8 of a power-of-two bucket count usable, and a
-        // probe starts at `hash & (buckets - 1)`.
-        let buckets = (self.index.capacity() / 7 * 8).next_power_of_two().max(1);
-        let shift = buckets.trailing_zeros().saturating_sub(REGION_BITS);
-        let region = |item: &T| -> usize {
-            ((table_hash(hash_high_of(item)) & (buckets as u64 - 1)) >> shift) as usize
-        };
+        const REGION_BITS: u32 = 16;
+        // A probe's start bucket grows with the hash's mixed top bits.
+        let shift = self.index.bucket_bits().saturating_sub(REGION_BITS);
+        let region = |item: &T| -> usize { self.index.start_of(hash_high_of(item)) >> shift };
         let mut starts = vec![0usize; (1usize << REGION_BITS) + 1];
         for item in items {
             starts[region(item) + 1] += 1;
@@ -280,15 +239,7 @@ impl KeyDir {
     /// Removes the entry in `slot`.
     pub(crate) fn remove(&mut self, slot: u32) {
         let hash_high = self.get(slot).hash_high;
-        match self
-            .index
-            .find_entry(table_hash(hash_high), |&other| other == slot)
-        {
-            Ok(found) => {
-                found.remove();
-            }
-            Err(_) => panic!("key directory slot {slot} missing from its index"),
-        }
+        self.index.remove(hash_high, slot);
         self.chunks[slot as usize / CHUNK_ENTRIES][slot as usize % CHUNK_ENTRIES].segment =
             FREE_SLOT;
         self.free.push(slot);
@@ -309,7 +260,7 @@ impl KeyDir {
     /// Heap bytes held: entry chunks, index and free list.
     pub(crate) fn memory_bytes(&self) -> usize {
         self.chunks.len() * CHUNK_ENTRIES * std::mem::size_of::<Entry>()
-            + self.index.allocation_size()
+            + self.index.allocation_bytes()
             + self.free.capacity() * 4
     }
 }

@@ -39,7 +39,9 @@ mod options;
 mod recovery;
 mod salvage;
 mod segment;
+mod slot_index;
 mod store;
+mod words;
 
 pub use compaction::CompactionProgress;
 pub use cursor::{CursorStatus, LogBatch, LogRecord};
