@@ -264,7 +264,7 @@ impl Connection {
         if self.role == Some(Role::Peer) && peer::is_peer_request(frame.opcode) {
             return self.execute_peer(&frame);
         }
-        let request = match frame.request(self.decoder.limits()) {
+        let request = match frame.into_request(self.decoder.limits()) {
             Ok(request) => request,
             Err(refused) => {
                 // A key, value or batch over its limit sits in a well-formed
@@ -306,8 +306,7 @@ impl Connection {
             ),
             Request::Ping => (Slot::Ready(Response::Pong), None, false),
             Request::Get { key, read_quorum } => {
-                self.route(key.clone(), VnodeOp::Get { key }, read_quorum)
-                    .await
+                self.route(VnodeOp::Get { key }, read_quorum).await
             }
             Request::Put {
                 key,
@@ -316,19 +315,19 @@ impl Connection {
                 write_quorum,
             } => {
                 let op = VnodeOp::Put {
-                    key: key.clone(),
+                    key,
                     value,
                     version: self.shard.stamp(),
                     expires_at: expiry(ttl_seconds),
                 };
-                self.route(key, op, write_quorum).await
+                self.route(op, write_quorum).await
             }
             Request::Delete { key, write_quorum } => {
                 let op = VnodeOp::Delete {
-                    key: key.clone(),
+                    key,
                     version: self.shard.stamp(),
                 };
-                self.route(key, op, write_quorum).await
+                self.route(op, write_quorum).await
             }
             Request::MultiGet { keys } => (Slot::Ready(self.multi_get(keys).await), None, false),
             Request::MultiPut {
@@ -430,12 +429,7 @@ impl Connection {
 
     /// Runs an op on the shard that owns `key` or, in a cluster, through
     /// the coordinator (`quorum` overrides R or W).
-    async fn route(
-        &self,
-        key: Bytes,
-        op: VnodeOp,
-        quorum: Option<u8>,
-    ) -> (Slot, Option<u64>, bool) {
+    async fn route(&self, op: VnodeOp, quorum: Option<u8>) -> (Slot, Option<u64>, bool) {
         if self.shard.cluster.is_some() {
             use crate::cluster::coordinator;
             use meridian_net::peer::EntryKind;
@@ -466,7 +460,7 @@ impl Connection {
             };
             return (Slot::Coordinated(task), None, false);
         }
-        let partition = self.shard.partitioner.partition_of(&key);
+        let partition = self.shard.partitioner.partition_of(op.key());
         let owner = self.shard.partitioner.shard_of_partition(partition);
         if owner == self.shard.index {
             let (response, epoch) = self.shard.apply(partition, op);
@@ -496,8 +490,8 @@ impl Connection {
         (Slot::Remote(answer), None, false)
     }
 
-    async fn resolve(&self, key: Bytes, op: VnodeOp) -> Response {
-        let (slot, epoch, _) = self.route(key, op, None).await;
+    async fn resolve(&self, op: VnodeOp) -> Response {
+        let (slot, epoch, _) = self.route(op, None).await;
         match slot {
             Slot::Ready(response) => response,
             Slot::Durable(response) => match self.shard.wait_synced(epoch.unwrap_or(0)).await {
@@ -522,7 +516,7 @@ impl Connection {
     async fn multi_get(&self, keys: Vec<Bytes>) -> Response {
         let mut entries = Vec::with_capacity(keys.len());
         for key in keys {
-            match self.resolve(key.clone(), VnodeOp::Get { key }).await {
+            match self.resolve(VnodeOp::Get { key }).await {
                 Response::Value(value) => entries.push(Some(value)),
                 Response::NotFound => entries.push(None),
                 failure => return failure,
@@ -535,12 +529,12 @@ impl Connection {
         let mut versions = Vec::with_capacity(pairs.len());
         for (key, value) in pairs {
             let op = VnodeOp::Put {
-                key: key.clone(),
+                key,
                 value,
                 version: self.shard.stamp(),
                 expires_at: expiry(ttl_seconds),
             };
-            match self.resolve(key, op).await {
+            match self.resolve(op).await {
                 Response::Written { version } => versions.push(version),
                 failure => return failure,
             }

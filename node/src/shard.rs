@@ -59,6 +59,15 @@ pub enum VnodeOp {
     },
 }
 
+impl VnodeOp {
+    /// The key the op is about (it decides the partition).
+    pub fn key(&self) -> &Bytes {
+        match self {
+            VnodeOp::Get { key } | VnodeOp::Put { key, .. } | VnodeOp::Delete { key, .. } => key,
+        }
+    }
+}
+
 /// A call from another shard.
 #[derive(Debug)]
 pub enum ShardCall {
