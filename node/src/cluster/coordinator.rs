@@ -117,6 +117,48 @@ pub async fn replicate(
     }
 }
 
+/// The key's partition, its preference list and the quorum wanted (`R` or
+/// `W`: the request's override, else the cluster's, at most N); refused
+/// when fewer replicas are live than the quorum.
+fn plan<'a>(
+    shard: &'a Shard,
+    key: &[u8],
+    requested: Option<u8>,
+    which: &str,
+) -> Result<
+    (
+        &'a super::Cluster,
+        u32,
+        meridian_ring::PreferenceList,
+        usize,
+    ),
+    Response,
+> {
+    let Some(cluster) = shard.cluster.as_ref() else {
+        return Err(quorum_error(ErrorCode::Internal, "not clustered".into()));
+    };
+    let configured = if which == "R" {
+        cluster.read_quorum
+    } else {
+        cluster.write_quorum
+    };
+    let partition = shard.partitioner.partition_of(key);
+    let list = cluster.preference_list(partition);
+    let wanted = requested
+        .unwrap_or(configured)
+        .clamp(1, cluster.ring.replicas()) as usize;
+    if list.replicas.len() < wanted {
+        return Err(quorum_error(
+            ErrorCode::QuorumUnavailable,
+            format!(
+                "partition {partition}: {} live replicas, {which} = {wanted} needed",
+                list.replicas.len()
+            ),
+        ));
+    }
+    Ok((cluster, partition, list, wanted))
+}
+
 /// Coordinates a PUT or DELETE.
 pub async fn write(
     shard: Rc<Shard>,
@@ -126,23 +168,10 @@ pub async fn write(
     expires_at: u32,
     write_quorum: Option<u8>,
 ) -> Response {
-    let Some(cluster) = shard.cluster.as_ref() else {
-        return quorum_error(ErrorCode::Internal, "not clustered".into());
+    let (cluster, partition, list, wanted) = match plan(&shard, &key, write_quorum, "W") {
+        Ok(plan) => plan,
+        Err(refusal) => return refusal,
     };
-    let partition = shard.partitioner.partition_of(&key);
-    let list = cluster.preference_list(partition);
-    let wanted = write_quorum
-        .unwrap_or(cluster.write_quorum)
-        .clamp(1, cluster.ring.replicas()) as usize;
-    if list.replicas.len() < wanted {
-        return quorum_error(
-            ErrorCode::QuorumUnavailable,
-            format!(
-                "partition {partition}: {} live replicas, W = {wanted} needed",
-                list.replicas.len()
-            ),
-        );
-    }
     let version = shard.stamp();
     let record = ReplicaRecord {
         partition,
@@ -259,23 +288,10 @@ fn newer(candidate: &ReplicaRecord, than: Option<&ReplicaRecord>) -> bool {
 
 /// Coordinates a GET.
 pub async fn read(shard: Rc<Shard>, key: Bytes, read_quorum: Option<u8>) -> Response {
-    let Some(cluster) = shard.cluster.as_ref() else {
-        return quorum_error(ErrorCode::Internal, "not clustered".into());
+    let (cluster, partition, list, wanted) = match plan(&shard, &key, read_quorum, "R") {
+        Ok(plan) => plan,
+        Err(refusal) => return refusal,
     };
-    let partition = shard.partitioner.partition_of(&key);
-    let list = cluster.preference_list(partition);
-    let wanted = read_quorum
-        .unwrap_or(cluster.read_quorum)
-        .clamp(1, cluster.ring.replicas()) as usize;
-    if list.replicas.len() < wanted {
-        return quorum_error(
-            ErrorCode::QuorumUnavailable,
-            format!(
-                "partition {partition}: {} live replicas, R = {wanted} needed",
-                list.replicas.len()
-            ),
-        );
-    }
     let (sender, results) = flume::unbounded::<ReadAnswer>();
     for replica in &list.replicas {
         let (shard, sender, key, node, role) = (
