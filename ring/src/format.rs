@@ -99,7 +99,14 @@ pub fn decode(bytes: &[u8]) -> Result<Ring> {
             &format!("unknown format version {version}"),
         ));
     }
-    header.take(3)?;
+    // Reserved: zero in version 1. The checksum covers the body only, so
+    // these bytes are checked here (a flipped bit must not decode).
+    if header.take(3)? != [0u8; 3] {
+        return Err(corrupt(
+            VERSION_OFFSET + 1,
+            "reserved header bytes are not zero",
+        ));
+    }
     let body_len = header.u32()? as usize;
     let checksum = header.u64()?;
     if body_len > BODY_BYTES_MAX || bytes.len() - HEADER_LEN != body_len {

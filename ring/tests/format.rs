@@ -67,3 +67,16 @@ fn save_then_load_returns_the_ring() {
     save(&path, &next).expect("replace");
     assert_eq!(load(&path).expect("load"), Some(next));
 }
+
+/// Exhaustive companion of the property above: every single-bit flip of an
+/// encoded ring, header included, is refused (a flip in the reserved header
+/// bytes used to decode).
+#[test]
+fn every_single_bit_flip_of_a_document_is_refused() {
+    let bytes = encode(&sample(3, 5, 2));
+    for bit in 0..bytes.len() * 8 {
+        let mut flipped = bytes.clone();
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        assert!(decode(&flipped).is_err(), "flip of bit {bit} decoded");
+    }
+}
