@@ -100,12 +100,29 @@ impl Segment {
             .map_err(|e| Error::io("map segment", &path, e))?;
         let header = format::encode_segment_header(id, now_ms);
         map.write_at(0, &header);
-        let mut segment = Segment {
+        let mut segment = Segment::fresh(id, path, file, map, &header, allocated, how);
+        segment.populate_ahead();
+        Ok(segment)
+    }
+
+    /// A segment whose records are not known yet: nothing past the header
+    /// written or synced (`create` then appends; `open` then calls
+    /// `set_extent`).
+    fn fresh(
+        id: u32,
+        path: PathBuf,
+        file: File,
+        map: MappedFile,
+        header: &[u8; SEGMENT_HEADER_LEN],
+        allocated: u32,
+        preallocation: Preallocation,
+    ) -> Segment {
+        Segment {
             id,
             path,
             file: Arc::new(file),
             map,
-            header_checksum: format::segment_header_checksum(&header),
+            header_checksum: format::segment_header_checksum(header),
             written: SEGMENT_HEADER_LEN as u32,
             data_end: SEGMENT_HEADER_LEN as u32,
             sealed: false,
@@ -114,11 +131,9 @@ impl Segment {
             hinted: false,
             populated_to: 0,
             allocated,
-            preallocation: how,
+            preallocation,
             scratch: Vec::new(),
-        };
-        segment.populate_ahead();
-        Ok(segment)
+        }
     }
 
     /// Opens an existing segment file and checks its header. Its records are
@@ -159,23 +174,16 @@ impl Segment {
             MappedFile::map_read_only(&file, len as usize)
         }
         .map_err(|e| Error::io("map segment", &path, e))?;
-        Ok(Segment {
+        let allocated = SEGMENT_HEADER_LEN as u32;
+        Ok(Segment::fresh(
             id,
             path,
-            file: Arc::new(file),
+            file,
             map,
-            header_checksum: format::segment_header_checksum(&header),
-            written: SEGMENT_HEADER_LEN as u32,
-            data_end: SEGMENT_HEADER_LEN as u32,
-            sealed: false,
-            synced: 0,
-            live_bytes: 0,
-            hinted: false,
-            populated_to: 0,
-            allocated: SEGMENT_HEADER_LEN as u32,
-            preallocation: Preallocation::Reserve,
-            scratch: Vec::new(),
-        })
+            &header,
+            allocated,
+            Preallocation::Reserve,
+        ))
     }
 
     /// Records what recovery learned of the segment's contents; everything

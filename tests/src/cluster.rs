@@ -137,6 +137,23 @@ impl TestCluster {
             .collect()
     }
 
+    /// Waits until every member in `ids` reports the same digests for all
+    /// `partitions` partitions; false if they still differ at `deadline`.
+    pub fn wait_for_equal_digests(
+        &self,
+        ids: &[usize],
+        partitions: usize,
+        deadline: std::time::Instant,
+    ) -> bool {
+        crate::wait_until(deadline, || {
+            let digests: Vec<_> = ids.iter().map(|&id| self.partition_digests(id)).collect();
+            digests[0]
+                .as_ref()
+                .is_some_and(|first| first.len() == partitions)
+                && digests.iter().all(|other| other == &digests[0])
+        })
+    }
+
     /// SIGTERM to every running member; each must exit 0.
     pub fn stop_all(&mut self) {
         for node in &mut self.nodes {

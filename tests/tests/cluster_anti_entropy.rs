@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use meridian_net::Response;
 use meridian_tests::cluster::{entries, pipeline, put_all, read_all, TestCluster};
-use meridian_tests::wait_until;
 
 const KEYS: usize = 1500;
 const CONVERGENCE_DEADLINE: Duration = Duration::from_secs(30);
@@ -69,14 +68,8 @@ fn anti_entropy_rebuilds_a_member_that_lost_its_data() {
     );
 
     let started = Instant::now();
-    let converged = wait_until(Instant::now() + CONVERGENCE_DEADLINE, || {
-        let digests: Vec<_> = [1, 2, 3]
-            .into_iter()
-            .map(|id| cluster.partition_digests(id))
-            .collect();
-        digests[0].as_ref().is_some_and(|first| first.len() == 8)
-            && digests.iter().all(|other| other == &digests[0])
-    });
+    let converged =
+        cluster.wait_for_equal_digests(&[1, 2, 3], 8, Instant::now() + CONVERGENCE_DEADLINE);
     assert!(
         converged,
         "partition digests still differ after {CONVERGENCE_DEADLINE:?}: {:?}",

@@ -116,14 +116,8 @@ fn acknowledged_writes_survive_a_killed_member_and_reach_it_again() {
         "member 1 never reported member 3 up again"
     );
     let restarted = Instant::now();
-    let converged = wait_until(Instant::now() + CONVERGENCE_DEADLINE, || {
-        let digests: Vec<_> = [1, 2, 3]
-            .into_iter()
-            .map(|id| cluster.partition_digests(id))
-            .collect();
-        digests[0].as_ref().is_some_and(|first| first.len() == 8)
-            && digests.iter().all(|other| other == &digests[0])
-    });
+    let converged =
+        cluster.wait_for_equal_digests(&[1, 2, 3], 8, Instant::now() + CONVERGENCE_DEADLINE);
     assert!(
         converged,
         "partition digests still differ after {CONVERGENCE_DEADLINE:?}: {:?}",

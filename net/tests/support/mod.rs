@@ -48,7 +48,6 @@ pub struct FakeServer {
 impl FakeServer {
     pub fn start() -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
         let address = listener.local_addr().expect("addr").to_string();
         let state = Arc::new(State::default());
         let accept_state = Arc::clone(&state);
@@ -69,6 +68,8 @@ impl FakeServer {
 impl Drop for FakeServer {
     fn drop(&mut self) {
         self.state.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept so it sees the stop flag.
+        let _ = std::net::TcpStream::connect(&self.address);
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
@@ -80,13 +81,16 @@ fn accept_loop(listener: TcpListener, state: Arc<State>) {
     while !state.stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, _)) => {
+                if state.stop.load(Ordering::SeqCst) {
+                    break;
+                }
                 state.connections.fetch_add(1, Ordering::SeqCst);
                 let state = Arc::clone(&state);
                 workers.push(std::thread::spawn(move || {
                     let _ = serve(stream, &state);
                 }));
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) => continue,
         }
     }
     for worker in workers {
