@@ -543,3 +543,5 @@ pub mod raw;
 pub mod load;
 
 pub mod cluster;
+
+pub mod proxy;
