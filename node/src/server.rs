@@ -71,6 +71,7 @@ pub fn run(mut config: Config) -> Result<(), String> {
         (0..shards).map(|_| flume::bounded(INBOX_DEPTH)).unzip();
     let (ready_sender, ready) = std::sync::mpsc::channel::<Result<(), String>>();
     let drained = Arc::new(AtomicUsize::new(0));
+    let (xdc_control, xdc_inbox) = flume::bounded(64);
     let mut handles = Vec::new();
     for (index, inbox) in receivers.into_iter().enumerate() {
         let placement = if config.runtime.pin {
@@ -78,15 +79,19 @@ pub fn run(mut config: Config) -> Result<(), String> {
         } else {
             Placement::Unbound
         };
-        let (config, senders, shutdown) =
-            (Arc::clone(&config), senders.clone(), Arc::clone(&shutdown));
+        let (config, senders, shutdown, xdc_control) = (
+            Arc::clone(&config),
+            senders.clone(),
+            Arc::clone(&shutdown),
+            xdc_control.clone(),
+        );
         let (ready_sender, drained) = (ready_sender.clone(), Arc::clone(&drained));
         let builder = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))
             .io_memory(config.runtime.io_memory_bytes);
         let handle = builder
             .spawn(move || async move {
-                match Shard::new(index, config, senders, shutdown) {
+                match Shard::new(index, config, senders, shutdown, xdc_control) {
                     Ok(shard) => run_shard(Rc::new(shard), inbox, ready_sender, drained).await,
                     Err(reason) => {
                         let _ = ready_sender.send(Err(format!("shard {index}: {reason}")));
@@ -111,6 +116,31 @@ pub fn run(mut config: Config) -> Result<(), String> {
         }
     }
     drop(reservation);
+    // The XDC executor: on the core after the shards' when pinned and one
+    // is there, else wherever the kernel puts it (never on a shard's core
+    // by choice).
+    let xdc_placement = if config.runtime.pin {
+        let cpu = config.runtime.first_cpu + shards;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpu < cpus {
+            Placement::Fixed(cpu)
+        } else {
+            Placement::Unbound
+        }
+    } else {
+        Placement::Unbound
+    };
+    let xdc_handle = {
+        let (config, senders, shutdown) =
+            (Arc::clone(&config), senders.clone(), Arc::clone(&shutdown));
+        LocalExecutorBuilder::new(xdc_placement)
+            .name("xdc")
+            .io_memory(config.runtime.io_memory_bytes)
+            .spawn(move || crate::xdc::run(config, senders, xdc_inbox, shutdown))
+            .map_err(|e| format!("cannot start the xdc executor: {e}"))?
+    };
+    drop(senders);
+    drop(xdc_control);
     println!("meridian listening on {address}");
     if !config.node.metrics_listen.is_empty() {
         println!(
@@ -123,6 +153,7 @@ pub fn run(mut config: Config) -> Result<(), String> {
     for handle in handles {
         failed |= handle.join().is_err();
     }
+    failed |= xdc_handle.join().is_err();
     if failed {
         return Err("a shard panicked".to_string());
     }
@@ -308,6 +339,21 @@ async fn run_inbox(shard: Rc<Shard>, inbox: flume::Receiver<ShardCall>) {
             }
             ShardCall::Stats { reply } => {
                 let _ = reply.send(shard.report());
+            }
+            ShardCall::TailReads { reads, reply } => {
+                let _ = reply.send(shard.tail_reads(&reads));
+            }
+            ShardCall::MoveCursors {
+                name,
+                moves,
+                register,
+            } => shard.move_cursors(&name, &moves, register),
+            ShardCall::RemoveCursors { name } => shard.remove_cursors(&name),
+            ShardCall::CursorLags { positions, reply } => {
+                let _ = reply.send(shard.cursor_lags(&positions));
+            }
+            ShardCall::ShippedPartitions { reply } => {
+                let _ = reply.send(shard.shipped_partitions());
             }
         }
     }

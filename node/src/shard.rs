@@ -36,7 +36,9 @@ use crate::hlc::{origin, HybridClock};
 use crate::metrics::ShardCounters;
 use crate::partition::Partitioner;
 
+mod log_tail;
 mod replica;
+pub use log_tail::{CursorLag, TailAnswer, TailError, TailRead};
 pub use replica::{
     entry_kind, hint_key, parse_hint_key, PeerFailure, PeerOp, WRITE_APPLIED, WRITE_STALE,
 };
@@ -84,6 +86,30 @@ pub enum ShardCall {
     Stats {
         reply: flume::Sender<ShardReport>,
     },
+    /// XDC: the reads of a tick whose vnodes have records to give.
+    TailReads {
+        reads: Vec<TailRead>,
+        reply: flume::Sender<Vec<TailAnswer>>,
+    },
+    /// XDC: register (after a restart) or advance a link's cursors.
+    MoveCursors {
+        name: String,
+        moves: Vec<(u32, meridian_engine::LogPosition)>,
+        register: bool,
+    },
+    /// XDC: a link was disconnected; stop protecting its log.
+    RemoveCursors {
+        name: String,
+    },
+    /// XDC: how far a link's cursors are behind.
+    CursorLags {
+        positions: Vec<(u32, meridian_engine::LogPosition)>,
+        reply: flume::Sender<Vec<(u32, CursorLag)>>,
+    },
+    /// XDC: the partitions this node ships (asked of shard 0).
+    ShippedPartitions {
+        reply: flume::Sender<Vec<u32>>,
+    },
 }
 
 /// What a shard reports for STATS, NODEHEALTH and the metrics.
@@ -109,6 +135,10 @@ pub struct ShardReport {
     pub read_repairs: u64,
     pub hints_delivered: u64,
     pub anti_entropy_repairs: u64,
+    pub xdc_records_applied: u64,
+    pub xdc_records_stale: u64,
+    pub xdc_conflicts: u64,
+    pub xdc_clock_skew_records: u64,
     pub writes_refused: bool,
     /// (partition, XOR of its bucket digests) of every local vnode.
     pub partition_digests: Vec<(u32, u64)>,
@@ -123,6 +153,8 @@ pub struct Shard {
     pub counters: ShardCounters,
     /// The ring and the links to other members; `None` for a cluster of one.
     pub cluster: Option<crate::cluster::Cluster>,
+    /// The XDC executor's control inbox (operators' `xdc` commands).
+    pub xdc_control: flume::Sender<crate::xdc::Control>,
     stores: RefCell<HashMap<u32, Store, PartitionHash>>,
     /// Hints for down primaries (opened on first use).
     hints: RefCell<Option<Store>>,
@@ -204,12 +236,14 @@ impl Shard {
         config: Arc<Config>,
         inboxes: Vec<flume::Sender<ShardCall>>,
         shutdown: Arc<AtomicBool>,
+        xdc_control: flume::Sender<crate::xdc::Control>,
     ) -> Result<Shard, String> {
         let partitioner = Partitioner::new(config.storage.partitions, inboxes.len());
         let origin = origin(config.node.datacenter_id, config.node.node_id, index as u8);
         let cluster = crate::cluster::Cluster::build(&config)?;
         Ok(Shard {
             cluster,
+            xdc_control,
             index,
             partitioner,
             inboxes,

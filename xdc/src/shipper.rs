@@ -466,6 +466,16 @@ impl Shipper {
         self.stats.rewinds += 1;
     }
 
+    /// Records and bytes sent and not yet acknowledged.
+    pub fn lag_in_flight(&self) -> (u64, u64) {
+        self.in_flight
+            .iter()
+            .filter(|batch| !batch.acknowledged)
+            .fold((0, 0), |(records, bytes), batch| {
+                (records + batch.records, bytes + batch.bytes)
+            })
+    }
+
     /// Lag figures; reads one record of the log (the first unacknowledged).
     pub fn lag(&self, log: &impl LogSource, now_ms: u64) -> Result<Lag> {
         let unacknowledged = self.in_flight.iter().filter(|batch| !batch.acknowledged);

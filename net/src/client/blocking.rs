@@ -438,6 +438,13 @@ impl Client {
     pub fn stats(&mut self) -> Result<String, ClientError> {
         core::into_info(self.call(&Request::Stats)?)
     }
+
+    /// Runs an operator's command (`xdc status`, …); the answer as JSON.
+    pub fn admin(&mut self, command: &str) -> Result<String, ClientError> {
+        core::into_info(self.call(&Request::Admin {
+            command: command.to_string(),
+        })?)
+    }
 }
 
 /// Reads what the socket has, waiting at most `wait`; `Ok(false)` at EOF.

@@ -70,13 +70,14 @@ pub async fn local_peer_op(
         .map_err(|(code, message)| format!("{code}: {message}"))
 }
 
-/// Writes `record` to one replica; Ok when it applied it (or had newer).
+/// Writes `record` to one replica; Ok when it applied it (`true`) or had
+/// it or newer (`false`).
 pub async fn replicate(
     shard: &Rc<Shard>,
     node: u16,
     record: ReplicaRecord,
     hint_for: Option<u16>,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let Some(cluster) = shard.cluster.as_ref() else {
         return Err("not clustered".to_string());
     };
@@ -108,10 +109,11 @@ pub async fn replicate(
         response
     };
     match response {
-        PeerResponse::ReplicaWritten { statuses }
-            if matches!(statuses.first(), Some(&WRITE_APPLIED | &WRITE_STALE)) =>
-        {
-            Ok(())
+        PeerResponse::ReplicaWritten { statuses } if statuses.first() == Some(&WRITE_APPLIED) => {
+            Ok(true)
+        }
+        PeerResponse::ReplicaWritten { statuses } if statuses.first() == Some(&WRITE_STALE) => {
+            Ok(false)
         }
         other => Err(format!("node {node} did not apply the write: {other:?}")),
     }
@@ -168,13 +170,9 @@ pub async fn write(
     expires_at: u32,
     write_quorum: Option<u8>,
 ) -> Response {
-    let (cluster, partition, list, wanted) = match plan(&shard, &key, write_quorum, "W") {
-        Ok(plan) => plan,
-        Err(refusal) => return refusal,
-    };
     let version = shard.stamp();
     let record = ReplicaRecord {
-        partition,
+        partition: shard.partitioner.partition_of(&key),
         kind,
         key,
         value,
@@ -182,6 +180,28 @@ pub async fn write(
         origin: version.origin,
         expires_at,
     };
+    match write_record(&shard, record, write_quorum).await {
+        Ok(_) => Response::Written {
+            version: WireVersion {
+                hlc: version.hlc,
+                origin: version.origin,
+            },
+        },
+        Err(refusal) => refusal,
+    }
+}
+
+/// Writes a versioned record to the key's replicas and waits for W of
+/// them: `Ok(true)` when at least one replica applied it, `Ok(false)` when
+/// the W that answered all held it or something newer. Used for clients'
+/// writes (stamped here) and for records from other datacenters (which
+/// keep their version and origin).
+pub async fn write_record(
+    shard: &Rc<Shard>,
+    record: ReplicaRecord,
+    write_quorum: Option<u8>,
+) -> Result<bool, Response> {
+    let (cluster, partition, list, wanted) = plan(shard, &record.key, write_quorum, "W")?;
     let (sender, results) = flume::unbounded();
     for replica in &list.replicas {
         let hint_for = match replica.role {
@@ -189,7 +209,7 @@ pub async fn write(
             ReplicaRole::Primary => None,
         };
         let (shard, record, sender, node) = (
-            Rc::clone(&shard),
+            Rc::clone(shard),
             record.clone(),
             sender.clone(),
             replica.node,
@@ -200,23 +220,19 @@ pub async fn write(
         .detach();
     }
     drop(sender);
-    let (acknowledged, last_error) = wait_for(&results, wanted, cluster.request_timeout).await;
+    let (acknowledged, applied, last_error) =
+        wait_for(&results, wanted, cluster.request_timeout).await;
     if acknowledged >= wanted {
-        return Response::Written {
-            version: WireVersion {
-                hlc: version.hlc,
-                origin: version.origin,
-            },
-        };
+        return Ok(applied);
     }
-    quorum_error(
+    Err(quorum_error(
         ErrorCode::QuorumUnavailable,
         format!(
             "{acknowledged} of {} replicas acknowledged the write of partition {partition}, W = {wanted} needed{}",
             list.replicas.len(),
             last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default()
         ),
-    )
+    ))
 }
 
 /// The next result on `results`, or `None` once every sender is gone or
@@ -231,23 +247,28 @@ async fn next_before<T>(results: &flume::Receiver<T>, deadline: Instant) -> Opti
     futures_lite::future::or(next, expired).await
 }
 
-/// Counts successes until `wanted`, every result, or the deadline.
+/// Counts successes until `wanted`, every result, or the deadline; also
+/// whether any success applied the write (rather than holding it already).
 async fn wait_for(
-    results: &flume::Receiver<Result<(), String>>,
+    results: &flume::Receiver<Result<bool, String>>,
     wanted: usize,
     timeout: Duration,
-) -> (usize, Option<String>) {
+) -> (usize, bool, Option<String>) {
     let mut acknowledged = 0;
+    let mut applied = false;
     let mut last_error = None;
     let deadline = Instant::now() + timeout;
     while acknowledged < wanted {
         match next_before(results, deadline).await {
-            Some(Ok(())) => acknowledged += 1,
+            Some(Ok(written)) => {
+                acknowledged += 1;
+                applied |= written;
+            }
             Some(Err(error)) => last_error = Some(error),
             None => break,
         }
     }
-    (acknowledged, last_error)
+    (acknowledged, applied, last_error)
 }
 
 type ReadAnswer = (u16, ReplicaRole, Result<Option<ReplicaRecord>, String>);
@@ -383,7 +404,7 @@ async fn repair(
             ReplicaRole::Primary => None,
         };
         match replicate(&shard, node, newest.clone(), hint_for).await {
-            Ok(()) => shard
+            Ok(_) => shard
                 .counters
                 .read_repairs
                 .set(shard.counters.read_repairs.get() + 1),
