@@ -545,3 +545,5 @@ pub mod load;
 pub mod cluster;
 
 pub mod proxy;
+
+pub mod xdc;

@@ -441,6 +441,9 @@ async fn ship(executor: &Rc<Executor>, link: &Rc<Link>, open: OpenLink) -> Strin
         if link.spec.borrow().paused {
             break "paused".to_string();
         }
+        if *link.spec.borrow() != spec {
+            break "the link's settings changed".to_string();
+        }
         if last_ownership.is_none_or(|at| at.elapsed() >= OWNERSHIP_REFRESH) {
             last_ownership = Some(Instant::now());
             if let Err(reason) =
