@@ -10,7 +10,12 @@
 //! 0x40 XDC_BATCH      BATCH body                  -> 0xC0 XDC_BATCH_ACK  ACK body
 //! 0x41 XDC_OPEN       introduction                -> 0xC1 XDC_CHALLENGE  proof [32] | introduction
 //! 0x43 XDC_PROVE      proof [32]                  -> 0xC3 XDC_PROVEN     (empty)
+//! 0x42 XDC_DIGESTS    bucket range                -> 0xC2 XDC_DIGESTS_REPLY   digests
+//! 0x44 XDC_ENTRIES    bucket                      -> 0xC4 XDC_ENTRIES_REPLY   (key, version) list
+//! 0x45 XDC_FETCH      keys                        -> 0xC5 XDC_FETCHED         BATCH body
 //! ```
+//!
+//! The last three serve fullsync (`meridian_xdc::fullsync` draws them).
 //!
 //! A link starts with HELLO (role `xdc`), then OPEN / CHALLENGE / PROVE /
 //! PROVEN (see `meridian_xdc::handshake`); a server answers BATCH only on a
@@ -32,6 +37,18 @@ pub const XDC_BATCH: Opcode = Opcode(0x40);
 pub const XDC_OPEN: Opcode = Opcode(0x41);
 /// Request: the opener's proof of the secret.
 pub const XDC_PROVE: Opcode = Opcode(0x43);
+/// Request: bucket digests (fullsync).
+pub const XDC_DIGESTS: Opcode = Opcode(0x42);
+/// Request: one bucket's (key, version) list (fullsync).
+pub const XDC_ENTRIES: Opcode = Opcode(0x44);
+/// Request: the records of some keys (fullsync).
+pub const XDC_FETCH: Opcode = Opcode(0x45);
+/// Response to [`XDC_DIGESTS`].
+pub const XDC_DIGESTS_REPLY: Opcode = Opcode(0xC2);
+/// Response to [`XDC_ENTRIES`].
+pub const XDC_ENTRIES_REPLY: Opcode = Opcode(0xC4);
+/// Response to [`XDC_FETCH`].
+pub const XDC_FETCHED: Opcode = Opcode(0xC5);
 /// Response to [`XDC_BATCH`].
 pub const XDC_BATCH_ACK: Opcode = Opcode(0xC0);
 /// Response to [`XDC_OPEN`]: the answerer's proof and introduction.
@@ -39,8 +56,22 @@ pub const XDC_CHALLENGE: Opcode = Opcode(0xC1);
 /// Response to [`XDC_PROVE`]: the link is open.
 pub const XDC_PROVEN: Opcode = Opcode(0xC3);
 
-const REQUESTS: [Opcode; 3] = [XDC_BATCH, XDC_OPEN, XDC_PROVE];
-const RESPONSES: [Opcode; 3] = [XDC_BATCH_ACK, XDC_CHALLENGE, XDC_PROVEN];
+const REQUESTS: [Opcode; 6] = [
+    XDC_BATCH,
+    XDC_OPEN,
+    XDC_PROVE,
+    XDC_DIGESTS,
+    XDC_ENTRIES,
+    XDC_FETCH,
+];
+const RESPONSES: [Opcode; 6] = [
+    XDC_BATCH_ACK,
+    XDC_CHALLENGE,
+    XDC_PROVEN,
+    XDC_DIGESTS_REPLY,
+    XDC_ENTRIES_REPLY,
+    XDC_FETCHED,
+];
 
 const _: () = {
     let mut index = 0;

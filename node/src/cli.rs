@@ -81,6 +81,13 @@ pub enum XdcCommand {
     Pause { name: String },
     /// Ship again from where the link stopped.
     Resume { name: String },
+    /// Compare with the remote datacenter and ship only what differs.
+    Fullsync {
+        name: String,
+        /// Also fetch what the remote holds newer (for two-way links).
+        #[arg(long)]
+        both: bool,
+    },
     /// Every link's state, lag and counters.
     Status,
 }
@@ -109,6 +116,9 @@ impl XdcCommand {
             XdcCommand::Disconnect { name } => format!("xdc disconnect {name}"),
             XdcCommand::Pause { name } => format!("xdc pause {name}"),
             XdcCommand::Resume { name } => format!("xdc resume {name}"),
+            XdcCommand::Fullsync { name, both } => {
+                format!("xdc fullsync {name}{}", if *both { " both" } else { "" })
+            }
             XdcCommand::Status => "xdc status".to_string(),
         })
     }

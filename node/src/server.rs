@@ -352,6 +352,23 @@ async fn run_inbox(shard: Rc<Shard>, inbox: flume::Receiver<ShardCall>) {
             ShardCall::CursorLags { positions, reply } => {
                 let _ = reply.send(shard.cursor_lags(&positions));
             }
+            ShardCall::XdcApply { records, reply } => {
+                let shard = Rc::clone(&shard);
+                glommio::spawn_local(async move {
+                    let outcome = crate::xdc::receive::apply_records(&shard, &records)
+                        .await
+                        .map_err(|refusal| format!("{refusal:?}"));
+                    let _ = reply.send(outcome);
+                })
+                .detach();
+            }
+            ShardCall::ReadRecords {
+                partition,
+                keys,
+                reply,
+            } => {
+                let _ = reply.send(shard.read_records(partition, keys));
+            }
             ShardCall::ShippedPartitions { reply } => {
                 let _ = reply.send(shard.shipped_partitions());
             }

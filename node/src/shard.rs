@@ -106,6 +106,18 @@ pub enum ShardCall {
         positions: Vec<(u32, meridian_engine::LogPosition)>,
         reply: flume::Sender<Vec<(u32, CursorLag)>>,
     },
+    /// XDC: apply records fetched from another datacenter (fullsync),
+    /// through this shard's coordinator, keeping their versions.
+    XdcApply {
+        records: Vec<meridian_xdc::XdcRecord>,
+        reply: flume::Sender<Result<Vec<meridian_engine::Applied>, String>>,
+    },
+    /// XDC: the records of some keys of one vnode (fullsync).
+    ReadRecords {
+        partition: u32,
+        keys: Vec<Bytes>,
+        reply: flume::Sender<Result<Vec<meridian_xdc::XdcRecord>, String>>,
+    },
     /// XDC: the partitions this node ships (asked of shard 0).
     ShippedPartitions {
         reply: flume::Sender<Vec<u32>>,

@@ -23,6 +23,7 @@ pub mod batcher;
 pub mod cursor_file;
 mod error;
 pub mod format;
+pub mod fullsync;
 pub mod handshake;
 pub mod receiver;
 pub mod shipper;

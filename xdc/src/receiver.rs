@@ -202,6 +202,11 @@ impl Receiver {
         self.stats
     }
 
+    /// The link this receiver serves.
+    pub fn link_id(&self) -> u32 {
+        self.config.link_id
+    }
+
     /// Decodes, applies and acknowledges one BATCH body; `now_ms` is the
     /// local clock (Unix ms), used only to report skew. For a target that
     /// applies synchronously; a server that applies through an

@@ -154,6 +154,33 @@ impl Shard {
         }
     }
 
+    /// The newest records (tombstones included) of `keys` in vnode
+    /// `partition`, for fullsync; absent keys are left out.
+    pub fn read_records(
+        &self,
+        partition: u32,
+        keys: Vec<bytes::Bytes>,
+    ) -> Result<Vec<meridian_xdc::XdcRecord>, String> {
+        let stores = self.stores.borrow();
+        let Some(store) = stores.get(&partition) else {
+            return Ok(Vec::new());
+        };
+        let mut records = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(entry) = store.read(&key).map_err(|e| e.to_string())? {
+                records.push(meridian_xdc::XdcRecord {
+                    kind: entry.kind,
+                    partition,
+                    key,
+                    value: entry.value,
+                    version: entry.version,
+                    expires_at: entry.expires_at,
+                });
+            }
+        }
+        Ok(records)
+    }
+
     /// Takes a version received from another datacenter into account, so
     /// this shard's next write is stamped after it.
     pub fn observe_remote(&self, hlc: u64) {

@@ -27,6 +27,7 @@ use crate::partition::Partitioner;
 use crate::shard::ShardCall;
 
 pub mod cursors;
+pub mod fullsync;
 pub mod links;
 pub mod receive;
 pub mod ship;
@@ -256,6 +257,27 @@ impl Executor {
                 })
                 .to_string())
             }
+            "fullsync" => {
+                let name = word(1, "link name")?;
+                let both_ways = match words.get(2).map(String::as_str) {
+                    None => false,
+                    Some("both") => true,
+                    Some(other) => return Err(format!("unknown option {other:?}: {}", usage())),
+                };
+                let link = self
+                    .links
+                    .borrow()
+                    .get(&name)
+                    .cloned()
+                    .ok_or_else(|| format!("no xdc link named {name:?}"))?;
+                if link.fullsync.borrow().running {
+                    return Err(format!("a fullsync of link {name:?} is already running"));
+                }
+                link.fullsync.borrow_mut().running = true;
+                glommio::spawn_local(fullsync::run(Rc::clone(self), link, both_ways)).detach();
+                Ok(serde_json::json!({ "link": name, "fullsync": "started", "both_ways": both_ways })
+                    .to_string())
+            }
             "disconnect" | "pause" | "resume" => {
                 let name = word(1, "link name")?;
                 let mut table = self.table.borrow().clone();
@@ -338,6 +360,7 @@ impl Executor {
                 "oldest_unacknowledged_age_ms": oldest_ms.map(|ms| now.saturating_sub(ms)),
                 "watermark_ms": oldest_ms.map_or(now, |ms| ms.min(now)),
                 "needs_fullsync": status.needs_fullsync,
+                "fullsync": *link.fullsync.borrow(),
             }));
         }
         serde_json::json!({
@@ -359,7 +382,7 @@ fn ship_now_ms() -> u64 {
 }
 
 fn usage() -> &'static str {
-    "xdc connect NAME ADDR SECRET [cascade] | disconnect NAME | pause NAME | resume NAME | status"
+    "xdc connect NAME ADDR SECRET [cascade] | disconnect NAME | pause NAME | resume NAME | fullsync NAME [both] | status"
 }
 
 /// One ADMIN command to another member, over a client connection.

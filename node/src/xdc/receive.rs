@@ -23,13 +23,17 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use meridian_engine::{Applied, RecordKind, Version};
-use meridian_net::peer::{EntryKind, ReplicaRecord};
+use meridian_net::peer::{EntryKind, PeerRequest, PeerResponse, ReplicaRecord};
 use meridian_net::xdc::{
-    XdcMessage, XDC_BATCH, XDC_BATCH_ACK, XDC_CHALLENGE, XDC_OPEN, XDC_PROVE, XDC_PROVEN,
+    XdcMessage, XDC_BATCH, XDC_BATCH_ACK, XDC_CHALLENGE, XDC_DIGESTS, XDC_DIGESTS_REPLY,
+    XDC_ENTRIES, XDC_ENTRIES_REPLY, XDC_FETCH, XDC_FETCHED, XDC_OPEN, XDC_PROVE, XDC_PROVEN,
 };
 use meridian_net::{ErrorCode, Frame, Response};
 use meridian_xdc::handshake::{self, Introduction, Side, PROOF_LEN};
-use meridian_xdc::{Opened, Receiver, ReceiverConfig, XdcRecord};
+use meridian_xdc::{fullsync, Opened, Receiver, ReceiverConfig, XdcRecord};
+
+use crate::cluster::coordinator::local_peer_op;
+use crate::shard::PeerOp;
 
 use crate::config::Config;
 use crate::shard::{Shard, ShardCall, VnodeOp};
@@ -163,6 +167,14 @@ impl Session {
                 ));
                 Step::Applying(task)
             }
+            (Phase::Open { receiver }, XDC_DIGESTS | XDC_ENTRIES | XDC_FETCH) => {
+                let link_id = receiver.borrow().link_id();
+                Step::Applying(glommio::spawn_local(serve_fullsync(
+                    Rc::clone(shard),
+                    frame,
+                    link_id,
+                )))
+            }
             (Phase::Open { .. }, opcode) => refuse(
                 ErrorCode::UnknownOpcode,
                 format!("{opcode} is not an XDC request this node serves on an open link"),
@@ -226,8 +238,169 @@ async fn apply_batch(
     Ok(XdcMessage::new(XDC_BATCH_ACK, received.ack_body.to_vec()))
 }
 
+/// Answers a fullsync request from this node's vnodes (or, in a cluster,
+/// from a live primary of each).
+async fn serve_fullsync(
+    shard: Rc<Shard>,
+    frame: Frame,
+    link_id: u32,
+) -> Result<XdcMessage, Response> {
+    let malformed = |error: meridian_xdc::Error| Response::Error {
+        code: ErrorCode::MalformedBody,
+        message: format!("{}: {error}", frame.opcode),
+    };
+    let failed = |message: String| Response::Error {
+        code: ErrorCode::StorageError,
+        message,
+    };
+    let partitions = shard.config.storage.partitions;
+    let buckets_per_partition = fullsync::BUCKETS / partitions;
+    match frame.opcode {
+        XDC_DIGESTS => {
+            let (first, count) =
+                fullsync::decode_digests_request(&frame.body).map_err(malformed)?;
+            let mut digests = Vec::with_capacity(count as usize);
+            let mut bucket = u32::from(first);
+            let end = u32::from(first) + count;
+            while bucket < end {
+                let partition = bucket / buckets_per_partition;
+                let partition_end = ((partition + 1) * buckets_per_partition).min(end);
+                let op = PeerOp::Digests {
+                    first_bucket: bucket as u16,
+                    count: partition_end - bucket,
+                };
+                match vnode_call(&shard, partition, op).await.map_err(failed)? {
+                    PeerResponse::DigestsReply { digests: part } => digests.extend(part),
+                    other => return Err(failed(format!("digests answered with {other:?}"))),
+                }
+                bucket = partition_end;
+            }
+            Ok(XdcMessage::new(
+                XDC_DIGESTS_REPLY,
+                fullsync::encode_digests(&digests),
+            ))
+        }
+        XDC_ENTRIES => {
+            if frame.body.len() != 2 {
+                return Err(Response::Error {
+                    code: ErrorCode::MalformedBody,
+                    message: "XDC_ENTRIES: the body is one u16 bucket".to_string(),
+                });
+            }
+            let bucket = u16::from_le_bytes([frame.body[0], frame.body[1]]);
+            let partition = u32::from(bucket) / buckets_per_partition;
+            let entries = match vnode_call(&shard, partition, PeerOp::BucketEntries { bucket })
+                .await
+                .map_err(failed)?
+            {
+                PeerResponse::BucketEntriesReply { entries } => entries,
+                other => return Err(failed(format!("entries answered with {other:?}"))),
+            };
+            let summaries: Vec<fullsync::Summary> = entries
+                .into_iter()
+                .map(|entry| fullsync::Summary {
+                    key: entry.key,
+                    version: Version::new(entry.hlc, entry.origin),
+                    kind: match entry.kind {
+                        EntryKind::Put => RecordKind::Put,
+                        _ => RecordKind::Tombstone,
+                    },
+                })
+                .collect();
+            Ok(XdcMessage::new(
+                XDC_ENTRIES_REPLY,
+                fullsync::encode_entries(&summaries),
+            ))
+        }
+        _ => {
+            let keys = fullsync::decode_fetch(&frame.body).map_err(malformed)?;
+            let mut records = Vec::with_capacity(keys.len());
+            for key in keys {
+                let partition = shard.partitioner.partition_of(&key);
+                match vnode_call(&shard, partition, PeerOp::Read { key })
+                    .await
+                    .map_err(failed)?
+                {
+                    PeerResponse::ReplicaEntry(Some(record)) => records.push(xdc_record(record)),
+                    PeerResponse::ReplicaEntry(None) => {}
+                    other => return Err(failed(format!("read answered with {other:?}"))),
+                }
+            }
+            let body = meridian_xdc::format::encode_batch(
+                link_id,
+                0,
+                &records,
+                meridian_xdc::Compression::Lz4,
+                &meridian_xdc::BatchLimits::default(),
+            )
+            .map_err(|error| failed(format!("fetched records not encodable: {error}")))?;
+            Ok(XdcMessage::new(XDC_FETCHED, body))
+        }
+    }
+}
+
+/// A replica's record as XDC carries it.
+pub fn xdc_record(record: ReplicaRecord) -> XdcRecord {
+    XdcRecord {
+        kind: match record.kind {
+            EntryKind::Put => RecordKind::Put,
+            _ => RecordKind::Tombstone,
+        },
+        partition: record.partition,
+        key: record.key,
+        value: record.value,
+        version: Version::new(record.hlc, record.origin),
+        expires_at: record.expires_at,
+    }
+}
+
+/// Runs a read-only vnode op on this node's replica of `partition`, or on
+/// its first live primary when this node holds none.
+pub async fn vnode_call(
+    shard: &Rc<Shard>,
+    partition: u32,
+    op: PeerOp,
+) -> Result<PeerResponse, String> {
+    let Some(cluster) = shard.cluster.as_ref() else {
+        return local_peer_op(shard, partition, op).await;
+    };
+    if cluster.is_primary(partition) {
+        return local_peer_op(shard, partition, op).await;
+    }
+    let primary = cluster
+        .ring
+        .primaries(partition)
+        .into_iter()
+        .find(|&node| cluster.is_live(node))
+        .ok_or_else(|| format!("no live primary of partition {partition}"))?;
+    let address = cluster
+        .address(primary)
+        .ok_or_else(|| format!("node {primary} has no address"))?;
+    let request = match op {
+        PeerOp::Digests {
+            first_bucket,
+            count,
+        } => PeerRequest::Digests {
+            partition,
+            first_bucket,
+            count,
+        },
+        PeerOp::BucketEntries { bucket } => PeerRequest::BucketEntries { partition, bucket },
+        PeerOp::Read { key } => PeerRequest::ReplicaRead { partition, key },
+        PeerOp::Write { .. } => return Err("writes go through the coordinator".to_string()),
+    };
+    cluster
+        .links
+        .call(primary, address, &request, cluster.request_timeout)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Applies every record (concurrently), in the order of `records`.
-async fn apply_records(shard: &Rc<Shard>, records: &[XdcRecord]) -> Result<Vec<Applied>, Response> {
+pub async fn apply_records(
+    shard: &Rc<Shard>,
+    records: &[XdcRecord],
+) -> Result<Vec<Applied>, Response> {
     let (sender, results) = flume::unbounded();
     for (index, record) in records.iter().enumerate() {
         shard.observe_remote(record.version.hlc);

@@ -79,6 +79,8 @@ pub struct LinkStatus {
 /// One vnode's shipping on a link.
 struct Lane {
     shipper: Shipper,
+    /// The link epoch the shipper numbers its batches in.
+    epoch: u32,
     /// The position last saved (and moved into the engine cursor).
     saved: LogPosition,
 }
@@ -95,6 +97,10 @@ pub struct Link {
     in_flight: RefCell<HashMap<u32, (u32, Instant)>>,
     /// Totals of lanes that were dropped (ownership moved), kept for status.
     retired: RefCell<meridian_xdc::ShipperStats>,
+    /// The last (or running) fullsync.
+    pub fullsync: RefCell<super::fullsync::FullsyncProgress>,
+    /// A lane fell past the log's retention: a fullsync is due.
+    pub fullsync_wanted: Cell<bool>,
 }
 
 impl Link {
@@ -109,6 +115,8 @@ impl Link {
             lanes: RefCell::default(),
             in_flight: RefCell::default(),
             retired: RefCell::default(),
+            fullsync: RefCell::default(),
+            fullsync_wanted: Cell::new(false),
         }
     }
 
@@ -204,9 +212,9 @@ pub async fn run_link(executor: Rc<Executor>, link: Rc<Link>) {
 /// An open, proven connection.
 #[allow(missing_debug_implementations)] // holds a socket
 pub struct OpenLink {
-    stream: TcpStream,
-    decoder: Decoder,
-    input: BytesMut,
+    pub(super) stream: TcpStream,
+    pub(super) decoder: Decoder,
+    pub(super) input: BytesMut,
     pub link_id: u32,
     pub remote: Introduction,
 }
@@ -444,6 +452,19 @@ async fn ship(executor: &Rc<Executor>, link: &Rc<Link>, open: OpenLink) -> Strin
         if *link.spec.borrow() != spec {
             break "the link's settings changed".to_string();
         }
+        if link.fullsync_wanted.get() && !link.fullsync.borrow().running {
+            link.fullsync_wanted.set(false);
+            let (executor, link) = (Rc::clone(executor), Rc::clone(link));
+            glommio::spawn_local(async move {
+                if super::fullsync::run(executor, Rc::clone(&link), false)
+                    .await
+                    .is_ok()
+                {
+                    link.status.borrow_mut().needs_fullsync = false;
+                }
+            })
+            .detach();
+        }
         if last_ownership.is_none_or(|at| at.elapsed() >= OWNERSHIP_REFRESH) {
             last_ownership = Some(Instant::now());
             if let Err(reason) =
@@ -648,6 +669,7 @@ async fn refresh_lanes(
                         position,
                         cursors.epoch,
                     ),
+                    epoch: cursors.epoch,
                     saved: position,
                 },
             );
@@ -713,11 +735,19 @@ async fn feed_lanes(executor: &Executor, link: &Link, name: &str) -> Result<usiz
                         .map_err(|e| format!("partition {}: {e}", answer.partition))?;
                 }
                 Err(TailError::FellBehind(reason)) => {
-                    let mut status = link.status.borrow_mut();
-                    if !status.needs_fullsync {
-                        tracing::error!(link = name, partition = answer.partition, %reason, "xdc link fell behind the log's retention: fullsync needed");
-                    }
-                    status.needs_fullsync = true;
+                    // Records were compacted away unshipped: go on from the
+                    // oldest retained record and let a fullsync cover the
+                    // gap.
+                    tracing::error!(link = name, partition = answer.partition, %reason, "xdc link fell behind the log's retention: shipping resumes from the oldest retained record and a fullsync runs");
+                    lane.shipper = Shipper::new(
+                        *lane.shipper.link(),
+                        shipper_config(executor, answer.partition),
+                        LogPosition::default(),
+                        lane.epoch,
+                    );
+                    lane.saved = LogPosition::default();
+                    link.status.borrow_mut().needs_fullsync = true;
+                    link.fullsync_wanted.set(true);
                 }
                 Err(TailError::Other(reason)) => {
                     return Err(format!("reading partition {}: {reason}", answer.partition))
