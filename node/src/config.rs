@@ -70,6 +70,9 @@ pub struct XdcSection {
     pub reconnect_max_ms: u32,
     /// A received version further ahead of the local clock is reported.
     pub max_clock_skew_ms: u32,
+    /// Log a vnode keeps for a link that is behind (cut, paused, slow),
+    /// at most; past it compaction goes on and the link needs a fullsync.
+    pub retention_bytes: u64,
 }
 
 impl Default for XdcSection {
@@ -84,6 +87,7 @@ impl Default for XdcSection {
             poll_interval_ms: 1,
             reconnect_max_ms: 2_000,
             max_clock_skew_ms: 500,
+            retention_bytes: 8 << 30,
         }
     }
 }

@@ -418,7 +418,17 @@ pub async fn serve_metrics(shard: Rc<Shard>) {
         glommio::spawn_local(async move {
             let mut request = [0u8; 4096];
             let _ = stream.read(&mut request).await;
-            let body = crate::metrics::render_prometheus(&crate::info::gather_reports(&shard).await);
+            let mut body = crate::metrics::render_prometheus(&crate::info::gather_reports(&shard).await);
+            let (reply, links) = flume::bounded(1);
+            if shard
+                .xdc_control
+                .try_send(crate::xdc::Control::Metrics { reply })
+                .is_ok()
+            {
+                if let Ok(text) = links.recv_async().await {
+                    body.push_str(&text);
+                }
+            }
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()

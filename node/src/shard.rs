@@ -298,6 +298,7 @@ impl Shard {
             durability: self.config.engine_durability(),
             compaction_dead_fraction: self.config.storage.compaction_dead_fraction,
             tombstone_grace_s: self.config.storage.tombstone_grace_s,
+            cursor_retention_bytes: self.config.xdc.retention_bytes,
             ..Options::default()
         }
     }

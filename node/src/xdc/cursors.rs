@@ -73,6 +73,12 @@ impl LinkCursors {
         Ok(cursors)
     }
 
+    /// The saved cursors as they are (no epoch bump), if readable.
+    pub fn peek(data_dir: &Path, link: &str) -> Option<LinkCursors> {
+        let bytes = std::fs::read(LinkCursors::path(data_dir, link)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     pub fn save(&self, data_dir: &Path, link: &str) -> Result<(), String> {
         let directory = LinkCursors::directory(data_dir, link);
         std::fs::create_dir_all(&directory).map_err(|e| format!("{}: {e}", directory.display()))?;

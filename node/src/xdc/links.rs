@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 pub struct LinkSpec {
     /// The operator's name for the link (usually the remote datacenter's).
     pub name: String,
-    /// Any node of the remote datacenter, `HOST:PORT`.
+    /// Nodes of the remote datacenter, `HOST:PORT[,HOST:PORT…]`: the link
+    /// opens to the first that answers.
     pub address: String,
     /// The remote datacenter's `xdc.secret`, proven at every connection.
     pub secret: String,

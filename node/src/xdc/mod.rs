@@ -51,6 +51,8 @@ pub enum Control {
         rest: String,
         reply: flume::Sender<Result<String, String>>,
     },
+    /// Per-link metrics in the Prometheus text format.
+    Metrics { reply: flume::Sender<String> },
 }
 
 /// The XDC executor's state.
@@ -148,6 +150,10 @@ impl Executor {
         if members.is_empty() {
             return Vec::new();
         }
+        if self.config.node.secret.is_empty() {
+            tracing::warn!("xdc links are not passed to the other members: node.secret is not set; run the command on each member");
+            return Vec::new();
+        }
         let json = match serde_json::to_string(table) {
             Ok(json) => json,
             Err(_) => return Vec::new(),
@@ -215,6 +221,11 @@ impl Executor {
                 .ok_or_else(|| format!("missing {what}: {}", usage()))
         };
         let verb = word(0, "command")?;
+        if matches!(verb.as_str(), "table" | "adopt") && self.config.node.secret.is_empty() {
+            return Err(format!(
+                "xdc {verb} is refused: the link table holds link secrets, so members pass it only when node.secret is set on every member"
+            ));
+        }
         match verb.as_str() {
             "status" => Ok(self.status().await),
             "table" => serde_json::to_string(&*self.table.borrow()).map_err(|e| e.to_string()),
@@ -304,7 +315,21 @@ impl Executor {
         let now = ship_now_ms();
         let mut shown = Vec::new();
         for link in links {
-            let (positions, records_in_flight, bytes_in_flight) = link.in_flight();
+            let (mut positions, records_in_flight, bytes_in_flight) = link.in_flight();
+            if positions.is_empty() {
+                // Not connected since the start: the backlog is what lies
+                // past the saved positions.
+                let name = link.spec.borrow().name.clone();
+                let saved = cursors::LinkCursors::peek(&self.config.storage.data_dir, &name)
+                    .unwrap_or_default();
+                positions = self
+                    .shipped_partitions()
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|partition| (partition, saved.position(partition)))
+                    .collect();
+            }
             let mut by_shard: Vec<Vec<(u32, meridian_engine::LogPosition)>> =
                 vec![Vec::new(); self.inboxes.len()];
             for &(partition, position) in &positions {
@@ -374,6 +399,36 @@ impl Executor {
     }
 }
 
+impl Executor {
+    /// Per-link gauges and counters, from the same figures as `xdc status`.
+    async fn metrics(&self) -> String {
+        use std::fmt::Write;
+        let status: serde_json::Value =
+            serde_json::from_str(&self.status().await).unwrap_or_default();
+        let links = status["links"].as_array().cloned().unwrap_or_default();
+        type Field = fn(&serde_json::Value) -> u64;
+        let fields: [(&str, &str, &str, Field); 8] = [
+            ("meridian_xdc_link_up", "gauge", "1 while the link is open", |l| u64::from(l["state"] == "open")),
+            ("meridian_xdc_records_sent_total", "counter", "Records shipped on the link", |l| l["records_sent"].as_u64().unwrap_or(0)),
+            ("meridian_xdc_bytes_sent_total", "counter", "Batch bytes shipped on the link", |l| l["bytes_sent"].as_u64().unwrap_or(0)),
+            ("meridian_xdc_records_in_flight", "gauge", "Records sent and not yet acknowledged", |l| l["records_in_flight"].as_u64().unwrap_or(0)),
+            ("meridian_xdc_log_bytes_behind", "gauge", "Log bytes not yet acknowledged by the remote datacenter", |l| l["log_bytes_behind"].as_u64().unwrap_or(0)),
+            ("meridian_xdc_lag_ms", "gauge", "Age of the oldest write not yet acknowledged by the remote datacenter (0 when caught up)", |l| l["oldest_unacknowledged_age_ms"].as_u64().unwrap_or(0)),
+            ("meridian_xdc_watermark_ms", "gauge", "Every write accepted here before this time (Unix ms) is applied there", |l| l["watermark_ms"].as_u64().unwrap_or(0)),
+            ("meridian_xdc_needs_fullsync", "gauge", "1 when the link fell past the log's retention", |l| u64::from(l["needs_fullsync"] == true)),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, field) in fields {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for link in &links {
+                let label = link["name"].as_str().unwrap_or("");
+                let _ = writeln!(out, "{name}{{link=\"{label}\"}} {}", field(link));
+            }
+        }
+        out
+    }
+}
+
 fn ship_now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -430,6 +485,13 @@ pub async fn run(
             None
         };
         match futures_lite::future::or(next, tick).await {
+            Some(Ok(Control::Metrics { reply })) => {
+                let executor = Rc::clone(&executor);
+                glommio::spawn_local(async move {
+                    let _ = reply.send(executor.metrics().await);
+                })
+                .detach();
+            }
             Some(Ok(Control::Admin { words, rest, reply })) => {
                 let executor = Rc::clone(&executor);
                 glommio::spawn_local(async move {
@@ -455,6 +517,9 @@ pub async fn run(
 /// Every few seconds, asks the other members for their link tables and
 /// adopts a newer one (a member that was down when a command ran).
 async fn pull_tables(executor: Rc<Executor>) {
+    if executor.config.node.secret.is_empty() {
+        return;
+    }
     loop {
         glommio::timer::sleep(TABLE_PULL_INTERVAL).await;
         let members = executor.other_members();

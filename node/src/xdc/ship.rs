@@ -101,6 +101,8 @@ pub struct Link {
     pub fullsync: RefCell<super::fullsync::FullsyncProgress>,
     /// A lane fell past the log's retention: a fullsync is due.
     pub fullsync_wanted: Cell<bool>,
+    /// The link id of the lanes (the remote datacenter they ship to).
+    link_id: Cell<Option<u32>>,
 }
 
 impl Link {
@@ -117,6 +119,7 @@ impl Link {
             retired: RefCell::default(),
             fullsync: RefCell::default(),
             fullsync_wanted: Cell::new(false),
+            link_id: Cell::new(None),
         }
     }
 
@@ -138,19 +141,22 @@ impl Link {
         (positions, records, bytes)
     }
 
+    /// Drops every lane, keeping its counters in the link's totals.
+    fn retire_lanes(&self) {
+        let lanes = std::mem::take(&mut *self.lanes.borrow_mut());
+        let mut retired = self.retired.borrow_mut();
+        for lane in lanes.values() {
+            add_stats(&mut retired, &lane.shipper.stats());
+        }
+    }
+
     fn refresh_totals(&self) {
         let lanes = self.lanes.borrow();
         let retired = *self.retired.borrow();
         let mut status = self.status.borrow_mut();
         let mut total = retired;
         for lane in lanes.values() {
-            let stats = lane.shipper.stats();
-            total.batches_sent += stats.batches_sent;
-            total.records_sent += stats.records_sent;
-            total.bytes_sent += stats.bytes_sent;
-            total.batches_acknowledged += stats.batches_acknowledged;
-            total.rewinds += stats.rewinds;
-            total.batcher.records_coalesced += stats.batcher.records_coalesced;
+            add_stats(&mut total, &lane.shipper.stats());
         }
         status.batches_sent = total.batches_sent;
         status.records_sent = total.records_sent;
@@ -159,6 +165,15 @@ impl Link {
         status.rewinds = total.rewinds;
         status.records_coalesced = total.batcher.records_coalesced;
     }
+}
+
+fn add_stats(total: &mut meridian_xdc::ShipperStats, stats: &meridian_xdc::ShipperStats) {
+    total.batches_sent += stats.batches_sent;
+    total.records_sent += stats.records_sent;
+    total.bytes_sent += stats.bytes_sent;
+    total.batches_acknowledged += stats.batches_acknowledged;
+    total.rewinds += stats.rewinds;
+    total.batcher.records_coalesced += stats.batcher.records_coalesced;
 }
 
 /// Runs one link until `xdc disconnect` or shutdown.
@@ -181,6 +196,7 @@ pub async fn run_link(executor: Rc<Executor>, link: Rc<Link>) {
                     let mut status = link.status.borrow_mut();
                     status.state = "open";
                     status.connects += 1;
+                    status.last_error = None;
                     status.remote_datacenter = Some(open.remote.datacenter.clone());
                     status.remote_partitions = Some(open.remote.partitions);
                 }
@@ -226,6 +242,27 @@ fn limits(executor: &Executor) -> Limits {
         value_bytes_max: executor.config.limits.value_bytes_max,
         ..Limits::default()
     }
+}
+
+/// Connects to the first of the link's addresses (a comma-separated list
+/// of nodes of the remote datacenter) that answers.
+async fn connect_any(addresses: &str) -> Result<TcpStream, String> {
+    let mut failures = Vec::new();
+    for address in addresses
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        match connect(address).await {
+            Ok(stream) => return Ok(stream),
+            Err(reason) => failures.push(reason),
+        }
+    }
+    Err(if failures.is_empty() {
+        format!("no address in {addresses:?}")
+    } else {
+        failures.join("; ")
+    })
 }
 
 /// Connects on a helper thread (a blocking connect with a timeout, socket
@@ -308,7 +345,7 @@ fn refusal_of(frame: &Frame, limits: &Limits, step: &str) -> String {
 pub async fn open_link(executor: &Executor, spec: &LinkSpec) -> Result<OpenLink, String> {
     let attempt = async {
         let limits = limits(executor);
-        let mut stream = connect(&spec.address).await?;
+        let mut stream = connect_any(&spec.address).await?;
         let mut decoder = Decoder::new(limits.clone());
         let mut input = BytesMut::new();
         let encoder = Encoder::new(limits.clone());
@@ -429,9 +466,12 @@ async fn ship(executor: &Rc<Executor>, link: &Rc<Link>, open: OpenLink) -> Strin
         remote_datacenter: remote.datacenter_id,
         cascade: spec.cascade,
     };
-    // Lanes from an earlier connection keep their in-memory positions only
-    // if they belong to the same link id; a new epoch renumbers batches.
-    link.lanes.borrow_mut().clear();
+    // Lanes from an earlier connection to the same remote datacenter go on
+    // (rewound to their acknowledged positions by the link loss); a link
+    // that now reaches another datacenter starts its lanes afresh.
+    if link.link_id.replace(Some(link_id)) != Some(link_id) {
+        link.retire_lanes();
+    }
     let limits = limits(executor);
     let (reader, mut writer) = futures_lite::io::split(stream);
     let (acks, answers) = flume::unbounded::<Result<Frame, String>>();
@@ -647,12 +687,7 @@ async fn refresh_lanes(
             .collect();
         for partition in dropped {
             if let Some(lane) = lanes.remove(&partition) {
-                let stats = lane.shipper.stats();
-                let mut retired = link.retired.borrow_mut();
-                retired.batches_sent += stats.batches_sent;
-                retired.records_sent += stats.records_sent;
-                retired.bytes_sent += stats.bytes_sent;
-                retired.batches_acknowledged += stats.batches_acknowledged;
+                add_stats(&mut link.retired.borrow_mut(), &lane.shipper.stats());
             }
         }
         for partition in shipped {
