@@ -74,6 +74,10 @@ pub enum XdcCommand {
         /// Also ship writes that came from third datacenters (chains, rings).
         #[arg(long)]
         cascade: bool,
+        /// Synchronous: answer a client's write only once this datacenter
+        /// has it too (fails after xdc.sync_timeout_ms).
+        #[arg(long)]
+        sync: bool,
     },
     /// Remove a link (its cursors go too).
     Disconnect { name: String },
@@ -101,6 +105,7 @@ impl XdcCommand {
                 address,
                 link_secret,
                 cascade,
+                sync,
             } => {
                 if link_secret.is_empty() || link_secret.chars().any(char::is_whitespace) {
                     return Err(
@@ -110,6 +115,9 @@ impl XdcCommand {
                 let mut line = format!("xdc connect {name} {address} {link_secret}");
                 if *cascade {
                     line.push_str(" cascade");
+                }
+                if *sync {
+                    line.push_str(" sync");
                 }
                 line
             }

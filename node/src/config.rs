@@ -73,6 +73,10 @@ pub struct XdcSection {
     /// Log a vnode keeps for a link that is behind (cut, paused, slow),
     /// at most; past it compaction goes on and the link needs a fullsync.
     pub retention_bytes: u64,
+    /// On a synchronous link, a write not acknowledged by the remote
+    /// datacenter within this long fails (it stays written here and is
+    /// still shipped).
+    pub sync_timeout_ms: u32,
 }
 
 impl Default for XdcSection {
@@ -88,6 +92,7 @@ impl Default for XdcSection {
             reconnect_max_ms: 2_000,
             max_clock_skew_ms: 500,
             retention_bytes: 8 << 30,
+            sync_timeout_ms: 2_000,
         }
     }
 }
@@ -317,6 +322,7 @@ impl Config {
             ("xdc.ack_timeout_ms", xdc.ack_timeout_ms),
             ("xdc.poll_interval_ms", xdc.poll_interval_ms),
             ("xdc.reconnect_max_ms", xdc.reconnect_max_ms),
+            ("xdc.sync_timeout_ms", xdc.sync_timeout_ms),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be at least 1"));

@@ -12,11 +12,12 @@
 //! connection closes. Nothing of a refused frame is stored.
 
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+use meridian_engine::RecordKind;
 use meridian_net::message::Hello;
 use meridian_net::peer::{self, PeerRequest, PeerResponse};
 use meridian_net::xdc::{is_xdc_request, XdcMessage};
@@ -297,7 +298,7 @@ impl Connection {
             .to_string();
         let (reply, answer) = flume::bounded(1);
         let control = crate::xdc::Control::Admin { words, rest, reply };
-        if self.shard.xdc_control.try_send(control).is_err() {
+        if self.shard.xdc.control.try_send(control).is_err() {
             return Slot::Ready(error(
                 ErrorCode::Overloaded,
                 "the xdc executor is busy or stopped; try again",
@@ -397,6 +398,18 @@ impl Connection {
                     version: self.shard.stamp(),
                     expires_at: expiry(ttl_seconds),
                 };
+                if self
+                    .shard
+                    .xdc
+                    .sync_links
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    return (
+                        Slot::Ready(self.write_synchronously(op, write_quorum).await),
+                        None,
+                        false,
+                    );
+                }
                 self.route(op, write_quorum).await
             }
             Request::Delete { key, write_quorum } => {
@@ -404,6 +417,18 @@ impl Connection {
                     key,
                     version: self.shard.stamp(),
                 };
+                if self
+                    .shard
+                    .xdc
+                    .sync_links
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    return (
+                        Slot::Ready(self.write_synchronously(op, write_quorum).await),
+                        None,
+                        false,
+                    );
+                }
                 self.route(op, write_quorum).await
             }
             Request::MultiGet { keys } => (Slot::Ready(self.multi_get(keys).await), None, false),
@@ -589,8 +614,49 @@ impl Connection {
         (Slot::Remote(answer), None, false)
     }
 
+    /// A write while some XDC link is synchronous: written here as usual,
+    /// then answered only once every synchronous link's datacenter has it
+    /// (or with an error saying it is stored here but not there yet).
+    async fn write_synchronously(&self, op: VnodeOp, quorum: Option<u8>) -> Response {
+        let (kind, key, value, expires_at) = match &op {
+            VnodeOp::Put {
+                key,
+                value,
+                expires_at,
+                ..
+            } => (RecordKind::Put, key.clone(), value.clone(), *expires_at),
+            VnodeOp::Delete { key, .. } => (RecordKind::Tombstone, key.clone(), Bytes::new(), 0),
+            VnodeOp::Get { .. } => return self.resolve_with(op, quorum).await,
+        };
+        let partition = self.shard.partitioner.partition_of(&key);
+        let response = self.resolve_with(op, quorum).await;
+        let Response::Written { version } = &response else {
+            return response;
+        };
+        let record = meridian_xdc::XdcRecord {
+            kind,
+            partition,
+            key,
+            value,
+            version: meridian_engine::Version::new(version.hlc, version.origin),
+            expires_at,
+        };
+        let timeout = Duration::from_millis(u64::from(self.shard.config.xdc.sync_timeout_ms));
+        match self.shard.xdc.wait_shipped(record, timeout).await {
+            Ok(()) => response,
+            Err(reason) => error(
+                ErrorCode::Timeout,
+                format!("written here (version {}), but not confirmed by the other datacenter: {reason}", version.hlc),
+            ),
+        }
+    }
+
     async fn resolve(&self, op: VnodeOp) -> Response {
-        let (slot, epoch, _) = self.route(op, None).await;
+        self.resolve_with(op, None).await
+    }
+
+    async fn resolve_with(&self, op: VnodeOp, quorum: Option<u8>) -> Response {
+        let (slot, epoch, _) = self.route(op, quorum).await;
         match slot {
             Slot::Ready(response) => response,
             Slot::Durable(response) => match self.shard.wait_synced(epoch.unwrap_or(0)).await {

@@ -71,7 +71,8 @@ pub fn run(mut config: Config) -> Result<(), String> {
         (0..shards).map(|_| flume::bounded(INBOX_DEPTH)).unzip();
     let (ready_sender, ready) = std::sync::mpsc::channel::<Result<(), String>>();
     let drained = Arc::new(AtomicUsize::new(0));
-    let (xdc_control, xdc_inbox) = flume::bounded(64);
+    let (xdc_control, xdc_inbox) = flume::bounded(1024);
+    let xdc_handle = crate::xdc::XdcHandle::new(xdc_control);
     let mut handles = Vec::new();
     for (index, inbox) in receivers.into_iter().enumerate() {
         let placement = if config.runtime.pin {
@@ -79,11 +80,11 @@ pub fn run(mut config: Config) -> Result<(), String> {
         } else {
             Placement::Unbound
         };
-        let (config, senders, shutdown, xdc_control) = (
+        let (config, senders, shutdown, xdc) = (
             Arc::clone(&config),
             senders.clone(),
             Arc::clone(&shutdown),
-            xdc_control.clone(),
+            xdc_handle.clone(),
         );
         let (ready_sender, drained) = (ready_sender.clone(), Arc::clone(&drained));
         let builder = LocalExecutorBuilder::new(placement)
@@ -91,7 +92,7 @@ pub fn run(mut config: Config) -> Result<(), String> {
             .io_memory(config.runtime.io_memory_bytes);
         let handle = builder
             .spawn(move || async move {
-                match Shard::new(index, config, senders, shutdown, xdc_control) {
+                match Shard::new(index, config, senders, shutdown, xdc) {
                     Ok(shard) => run_shard(Rc::new(shard), inbox, ready_sender, drained).await,
                     Err(reason) => {
                         let _ = ready_sender.send(Err(format!("shard {index}: {reason}")));
@@ -130,17 +131,21 @@ pub fn run(mut config: Config) -> Result<(), String> {
     } else {
         Placement::Unbound
     };
-    let xdc_handle = {
-        let (config, senders, shutdown) =
-            (Arc::clone(&config), senders.clone(), Arc::clone(&shutdown));
+    let xdc_thread = {
+        let (config, senders, shutdown, sync_links) = (
+            Arc::clone(&config),
+            senders.clone(),
+            Arc::clone(&shutdown),
+            Arc::clone(&xdc_handle.sync_links),
+        );
         LocalExecutorBuilder::new(xdc_placement)
             .name("xdc")
             .io_memory(config.runtime.io_memory_bytes)
-            .spawn(move || crate::xdc::run(config, senders, xdc_inbox, shutdown))
+            .spawn(move || crate::xdc::run(config, senders, xdc_inbox, shutdown, sync_links))
             .map_err(|e| format!("cannot start the xdc executor: {e}"))?
     };
     drop(senders);
-    drop(xdc_control);
+    drop(xdc_handle);
     println!("meridian listening on {address}");
     if !config.node.metrics_listen.is_empty() {
         println!(
@@ -153,7 +158,7 @@ pub fn run(mut config: Config) -> Result<(), String> {
     for handle in handles {
         failed |= handle.join().is_err();
     }
-    failed |= xdc_handle.join().is_err();
+    failed |= xdc_thread.join().is_err();
     if failed {
         return Err("a shard panicked".to_string());
     }
@@ -421,7 +426,8 @@ pub async fn serve_metrics(shard: Rc<Shard>) {
             let mut body = crate::metrics::render_prometheus(&crate::info::gather_reports(&shard).await);
             let (reply, links) = flume::bounded(1);
             if shard
-                .xdc_control
+                .xdc
+                .control
                 .try_send(crate::xdc::Control::Metrics { reply })
                 .is_ok()
             {

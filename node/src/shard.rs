@@ -165,8 +165,8 @@ pub struct Shard {
     pub counters: ShardCounters,
     /// The ring and the links to other members; `None` for a cluster of one.
     pub cluster: Option<crate::cluster::Cluster>,
-    /// The XDC executor's control inbox (operators' `xdc` commands).
-    pub xdc_control: flume::Sender<crate::xdc::Control>,
+    /// The way to the XDC executor (operators' commands, synchronous links).
+    pub xdc: crate::xdc::XdcHandle,
     stores: RefCell<HashMap<u32, Store, PartitionHash>>,
     /// Hints for down primaries (opened on first use).
     hints: RefCell<Option<Store>>,
@@ -248,14 +248,14 @@ impl Shard {
         config: Arc<Config>,
         inboxes: Vec<flume::Sender<ShardCall>>,
         shutdown: Arc<AtomicBool>,
-        xdc_control: flume::Sender<crate::xdc::Control>,
+        xdc: crate::xdc::XdcHandle,
     ) -> Result<Shard, String> {
         let partitioner = Partitioner::new(config.storage.partitions, inboxes.len());
         let origin = origin(config.node.datacenter_id, config.node.node_id, index as u8);
         let cluster = crate::cluster::Cluster::build(&config)?;
         Ok(Shard {
             cluster,
-            xdc_control,
+            xdc,
             index,
             partitioner,
             inboxes,

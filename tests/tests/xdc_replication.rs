@@ -335,3 +335,62 @@ fn pause_keeps_the_place_and_resume_ships_the_rest() {
         .expect("get")
         .is_none());
 }
+
+#[test]
+fn a_synchronous_link_answers_a_write_only_once_the_other_datacenter_has_it() {
+    let east = meridian_tests::ServerProcess::start(datacenter_config("east", 1).set(
+        "xdc",
+        "sync_timeout_ms",
+        "1000",
+    ));
+    let west = start_datacenter("west", 2);
+    let proxy = LinkProxy::start(west.address()).expect("proxy");
+    let address = proxy.addr().to_string();
+    let output = east.cli(&[
+        "xdc",
+        "connect",
+        "west",
+        &address,
+        "--link-secret",
+        &secret_of("west"),
+        "--sync",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(wait_until(Instant::now() + CONVERGE, || status(&east)
+        ["links"][0]["state"]
+        == "open"));
+    let mut client = east.client();
+    let mut remote = west.client();
+    for index in 0..50 {
+        let key = format!("sync-{index}");
+        client
+            .put(key.as_bytes(), b"both")
+            .expect("a synchronous write");
+        // No waiting: west has it when east answers.
+        let found = remote.get(key.as_bytes()).expect("get at west");
+        assert!(
+            found.is_some_and(|entry| &entry.value[..] == b"both"),
+            "{key} not at west yet"
+        );
+    }
+    proxy.cut();
+    let refused = client.put(b"during-the-cut", b"here-first");
+    let message = format!("{refused:?}");
+    assert!(
+        refused.is_err(),
+        "a synchronous write with the link cut must fail"
+    );
+    assert!(
+        message.contains("not confirmed by the other datacenter"),
+        "{message}"
+    );
+    // Stored here all the same, and shipped once the link is back.
+    assert!(client.get(b"during-the-cut").expect("get").is_some());
+    proxy.restore();
+    let expected = vec![("during-the-cut".to_string(), b"here-first".to_vec())];
+    assert!(wait_for_values(&west, &expected, Instant::now() + CONVERGE).is_empty());
+}

@@ -33,6 +33,10 @@ pub struct LinkSpec {
     /// Shipping stopped by `xdc pause` (cursors kept: `xdc resume` goes on
     /// where it stopped).
     pub paused: bool,
+    /// Synchronous: a client's write is answered only once this datacenter
+    /// acknowledged it too (or fails after `xdc.sync_timeout_ms`).
+    #[serde(default)]
+    pub sync: bool,
 }
 
 /// The table of links.
@@ -145,6 +149,7 @@ mod tests {
             secret: "s".to_string(),
             cascade: false,
             paused: false,
+            sync: false,
         }
     }
 

@@ -40,6 +40,62 @@ const TABLE_PULL_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a command waits for the other members to take a new table.
 const SPREAD_DEADLINE: Duration = Duration::from_secs(3);
 
+/// What a shard holds to reach the XDC executor.
+#[derive(Clone, Debug)]
+pub struct XdcHandle {
+    pub control: flume::Sender<Control>,
+    /// Set while some link is synchronous (and not paused): writes then
+    /// wait for the remote acknowledgement. Written by the XDC executor
+    /// only.
+    pub sync_links: Arc<AtomicBool>,
+}
+
+impl XdcHandle {
+    pub fn new(control: flume::Sender<Control>) -> XdcHandle {
+        XdcHandle {
+            control,
+            sync_links: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// After a client's write was acknowledged here: when some link is
+    /// synchronous, waits until every synchronous link's datacenter has
+    /// `record`, at most `timeout`. `Err` names the datacenter and why.
+    pub async fn wait_shipped(
+        &self,
+        record: meridian_xdc::XdcRecord,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        if !self.sync_links.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let (reply, answer) = flume::bounded(1);
+        self.control
+            .send_async(Control::SyncShip { record, reply })
+            .await
+            .map_err(|_| "the xdc executor stopped".to_string())?;
+        let wait = async {
+            Some(
+                answer
+                    .recv_async()
+                    .await
+                    .unwrap_or_else(|_| Err("the xdc executor stopped".to_string())),
+            )
+        };
+        let expired = async {
+            glommio::timer::sleep(timeout).await;
+            None
+        };
+        match futures_lite::future::or(wait, expired).await {
+            Some(outcome) => outcome,
+            None => Err(format!(
+                "not acknowledged by the synchronous link(s) within {} ms",
+                timeout.as_millis()
+            )),
+        }
+    }
+}
+
 /// A request to the XDC executor.
 #[derive(Debug)]
 pub enum Control {
@@ -53,6 +109,12 @@ pub enum Control {
     },
     /// Per-link metrics in the Prometheus text format.
     Metrics { reply: flume::Sender<String> },
+    /// Ship one record on every synchronous link now; answer when all of
+    /// them acknowledged it.
+    SyncShip {
+        record: meridian_xdc::XdcRecord,
+        reply: flume::Sender<Result<(), String>>,
+    },
 }
 
 /// The XDC executor's state.
@@ -61,6 +123,7 @@ pub struct Executor {
     pub inboxes: Vec<flume::Sender<ShardCall>>,
     pub partitioner: Partitioner,
     shutdown: Arc<AtomicBool>,
+    sync_links: Arc<AtomicBool>,
     table: RefCell<LinkTable>,
     links: RefCell<BTreeMap<String, Rc<Link>>>,
 }
@@ -120,6 +183,10 @@ impl Executor {
                 }
             }
         }
+        self.sync_links.store(
+            specs.iter().any(|spec| spec.sync && !spec.paused),
+            Ordering::Relaxed,
+        );
         for spec in specs {
             let existing = self.links.borrow().get(&spec.name).cloned();
             match existing {
@@ -239,11 +306,14 @@ impl Executor {
                 let name = word(1, "link name")?;
                 let address = word(2, "remote address")?;
                 let secret = word(3, "link secret")?;
-                let cascade = match words.get(4).map(String::as_str) {
-                    None => false,
-                    Some("cascade") => true,
-                    Some(other) => return Err(format!("unknown option {other:?}: {}", usage())),
-                };
+                let (mut cascade, mut sync) = (false, false);
+                for option in &words[4..] {
+                    match option.as_str() {
+                        "cascade" => cascade = true,
+                        "sync" => sync = true,
+                        other => return Err(format!("unknown option {other:?}: {}", usage())),
+                    }
+                }
                 links::check_name(&name)?;
                 let spec = LinkSpec {
                     name: name.clone(),
@@ -251,6 +321,7 @@ impl Executor {
                     secret,
                     cascade,
                     paused: false,
+                    sync,
                 };
                 // Prove the link now so the operator hears a refusal at once.
                 let open = ship::open_link(self, &spec).await?;
@@ -364,6 +435,7 @@ impl Executor {
                 "name": spec.name,
                 "address": spec.address,
                 "cascade": spec.cascade,
+                "sync": spec.sync,
                 "paused": spec.paused,
                 "state": status.state,
                 "last_error": status.last_error,
@@ -400,6 +472,45 @@ impl Executor {
 }
 
 impl Executor {
+    /// Queues `record` on every synchronous link; `reply` gets `Ok` once
+    /// all acknowledged it, or the first refusal.
+    fn sync_ship(&self, record: meridian_xdc::XdcRecord, reply: flume::Sender<Result<(), String>>) {
+        let links: Vec<Rc<Link>> = self
+            .links
+            .borrow()
+            .values()
+            .filter(|link| {
+                let spec = link.spec.borrow();
+                spec.sync && !spec.paused
+            })
+            .cloned()
+            .collect();
+        let mut waits = Vec::new();
+        for link in links {
+            match link.queue_sync(record.clone()) {
+                Ok(wait) => waits.push(wait),
+                Err(refusal) => {
+                    let _ = reply.send(Err(refusal));
+                    return;
+                }
+            }
+        }
+        glommio::spawn_local(async move {
+            for wait in waits {
+                let outcome = wait
+                    .recv_async()
+                    .await
+                    .unwrap_or_else(|_| Err("the link stopped".to_string()));
+                if outcome.is_err() {
+                    let _ = reply.send(outcome);
+                    return;
+                }
+            }
+            let _ = reply.send(Ok(()));
+        })
+        .detach();
+    }
+
     /// Per-link gauges and counters, from the same figures as `xdc status`.
     async fn metrics(&self) -> String {
         use std::fmt::Write;
@@ -437,7 +548,7 @@ fn ship_now_ms() -> u64 {
 }
 
 fn usage() -> &'static str {
-    "xdc connect NAME ADDR SECRET [cascade] | disconnect NAME | pause NAME | resume NAME | fullsync NAME [both] | status"
+    "xdc connect NAME ADDR SECRET [cascade] [sync] | disconnect NAME | pause NAME | resume NAME | fullsync NAME [both] | status"
 }
 
 /// One ADMIN command to another member, over a client connection.
@@ -460,6 +571,7 @@ pub async fn run(
     inboxes: Vec<flume::Sender<ShardCall>>,
     control: flume::Receiver<Control>,
     shutdown: Arc<AtomicBool>,
+    sync_links: Arc<AtomicBool>,
 ) {
     let table = match LinkTable::load(&config.storage.data_dir) {
         Ok(table) => table,
@@ -473,6 +585,7 @@ pub async fn run(
         config,
         inboxes,
         shutdown,
+        sync_links,
         table: RefCell::new(table),
         links: RefCell::default(),
     });
@@ -492,6 +605,7 @@ pub async fn run(
                 })
                 .detach();
             }
+            Some(Ok(Control::SyncShip { record, reply })) => executor.sync_ship(record, reply),
             Some(Ok(Control::Admin { words, rest, reply })) => {
                 let executor = Rc::clone(&executor);
                 glommio::spawn_local(async move {

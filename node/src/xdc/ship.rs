@@ -38,7 +38,8 @@ use meridian_net::{
 };
 use meridian_xdc::handshake::{self, Introduction, Side, PROOF_LEN};
 use meridian_xdc::{
-    AckOutcome, BatchLimits, BatcherConfig, Closed, Compression, LinkConfig, Shipper, ShipperConfig,
+    AckOutcome, BatchLimits, BatcherConfig, Closed, Compression, LinkConfig, Shipper,
+    ShipperConfig, XdcRecord,
 };
 
 use super::cursors::LinkCursors;
@@ -103,7 +104,17 @@ pub struct Link {
     pub fullsync_wanted: Cell<bool>,
     /// The link id of the lanes (the remote datacenter they ship to).
     link_id: Cell<Option<u32>>,
+    /// Records of synchronous writes waiting to be sent, with their waiters.
+    sync_queue: RefCell<Vec<(XdcRecord, SyncWaiter)>>,
+    /// Synchronous batches sent, by request id: their waiters.
+    sync_in_flight: RefCell<HashMap<u32, Vec<SyncWaiter>>>,
+    sync_sequence: Cell<u64>,
 }
+
+type SyncWaiter = flume::Sender<Result<(), String>>;
+
+/// Sequence numbers of synchronous batches live in an epoch of their own.
+const SYNC_EPOCH: u64 = u32::MAX as u64 - 1;
 
 impl Link {
     pub fn new(spec: LinkSpec) -> Link {
@@ -120,6 +131,9 @@ impl Link {
             fullsync: RefCell::default(),
             fullsync_wanted: Cell::new(false),
             link_id: Cell::new(None),
+            sync_queue: RefCell::default(),
+            sync_in_flight: RefCell::default(),
+            sync_sequence: Cell::new(0),
         }
     }
 
@@ -139,6 +153,38 @@ impl Link {
             .map(|(&partition, lane)| (partition, lane.shipper.acknowledged()))
             .collect();
         (positions, records, bytes)
+    }
+
+    /// Queues a synchronous write's record; the receiver answers once the
+    /// remote datacenter acknowledged it. Refused at once when the link is
+    /// not open.
+    pub fn queue_sync(
+        &self,
+        record: XdcRecord,
+    ) -> Result<flume::Receiver<Result<(), String>>, String> {
+        let state = self.status.borrow().state;
+        if state != "open" {
+            return Err(format!(
+                "synchronous link {:?} is {state}: the write is stored here and will be shipped when the link reopens",
+                self.spec.borrow().name
+            ));
+        }
+        let (waiter, answer) = flume::bounded(1);
+        self.sync_queue.borrow_mut().push((record, waiter));
+        Ok(answer)
+    }
+
+    /// Fails every synchronous write waiting on this link.
+    fn fail_sync(&self, reason: &str) {
+        let message = format!("synchronous link {:?}: {reason}", self.spec.borrow().name);
+        for (_, waiter) in self.sync_queue.borrow_mut().drain(..) {
+            let _ = waiter.send(Err(message.clone()));
+        }
+        for (_, waiters) in self.sync_in_flight.borrow_mut().drain() {
+            for waiter in waiters {
+                let _ = waiter.send(Err(message.clone()));
+            }
+        }
     }
 
     /// Drops every lane, keeping its counters in the link's totals.
@@ -202,6 +248,8 @@ pub async fn run_link(executor: Rc<Executor>, link: Rc<Link>) {
                 }
                 tracing::info!(link = %spec.name, remote = %open.remote.datacenter, "xdc link open");
                 let reason = ship(&executor, &link, open).await;
+                link.status.borrow_mut().state = "reconnecting";
+                link.fail_sync(&reason);
                 for lane in link.lanes.borrow_mut().values_mut() {
                     lane.shipper.on_link_lost();
                 }
@@ -550,6 +598,43 @@ async fn ship(executor: &Rc<Executor>, link: &Rc<Link>, open: OpenLink) -> Strin
                 }
             }
         }
+        let queued: Vec<(XdcRecord, SyncWaiter)> = link.sync_queue.borrow_mut().drain(..).collect();
+        if !queued.is_empty() {
+            let (records, waiters): (Vec<XdcRecord>, Vec<SyncWaiter>) = queued.into_iter().unzip();
+            let sequence = (SYNC_EPOCH << 32) | link.sync_sequence.get();
+            link.sync_sequence.set(link.sync_sequence.get() + 1);
+            match meridian_xdc::format::encode_batch(
+                link_id,
+                sequence,
+                &records,
+                Compression::Lz4,
+                &BatchLimits::default(),
+            ) {
+                Ok(body) => {
+                    let request_id = next_request_id;
+                    next_request_id = next_request_id.wrapping_add(1).max(16);
+                    match XdcMessage::new(XDC_BATCH, body).encode(request_id, &limits, &mut out) {
+                        Ok(()) => {
+                            link.sync_in_flight.borrow_mut().insert(request_id, waiters);
+                            link.in_flight
+                                .borrow_mut()
+                                .insert(request_id, (u32::MAX, Instant::now()));
+                            sent += 1;
+                        }
+                        Err(error) => {
+                            for waiter in waiters {
+                                let _ = waiter.send(Err(format!("not encodable: {error}")));
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(format!("not encodable: {error}")));
+                    }
+                }
+            }
+        }
         if !out.is_empty() && writer.write_all(&out).await.is_err() {
             break "the connection broke while sending".to_string();
         }
@@ -614,6 +699,12 @@ fn on_answer(link: &Link, frame: &Frame, limits: &Limits) -> Result<(), String> 
     let Some((partition, _)) = link.in_flight.borrow_mut().remove(&frame.request_id) else {
         return Ok(());
     };
+    if let Some(waiters) = link.sync_in_flight.borrow_mut().remove(&frame.request_id) {
+        for waiter in waiters {
+            let _ = waiter.send(Ok(()));
+        }
+        return Ok(());
+    }
     let ack = meridian_xdc::format::decode_ack(&frame.body).map_err(|e| format!("ack: {e}"))?;
     {
         let mut status = link.status.borrow_mut();
