@@ -10,13 +10,21 @@
 //! each bucket whose digest differs, then ships the records it has newer
 //! (as ordinary BATCHes) and fetches those the other side has newer.
 //!
+//! The entries of a differing bucket are compared by fingerprint first:
+//! the asker sends a 64-bit fingerprint of each of its entries (key and
+//! version), the answerer returns only its entries whose fingerprint the
+//! asker did not send, and which of the asker's it does not hold. A bucket
+//! of fifteen keys with one changed costs ~170 bytes instead of ~600.
+//!
 //! Bodies (little-endian):
 //!
 //! ```text
 //! DIGESTS request   first_bucket u16 | count u32
 //! DIGESTS reply     count u32 | count × digest u64
-//! ENTRIES request   bucket u16
-//! ENTRIES reply     count u32 | count × (kind u8 | hlc u64 | origin u32 | key_len u16 | key)
+//! ENTRIES request   bucket u16 | count u32 | count × fingerprint u64
+//! ENTRIES reply     missing: ceil(count / 8) bytes (bit i = no entry there
+//!                   has the asker's fingerprint i) | entries
+//! entries           count u32 | count × (kind u8 | hlc u64 | origin u32 | key_len u16 | key)
 //! FETCH request     count u32 | count × (key_len u16 | key)
 //! FETCH reply       a BATCH body (see `format`)
 //! ```
@@ -238,6 +246,121 @@ pub fn decode_fetch(body: &[u8]) -> Result<Vec<Bytes>> {
     Ok(keys)
 }
 
+/// The fingerprint of an entry: xxh3 of its key, hlc and origin.
+pub fn fingerprint(entry: &Summary) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(&entry.key);
+    hasher.update(&entry.version.hlc.to_le_bytes());
+    hasher.update(&entry.version.origin.to_le_bytes());
+    hasher.digest()
+}
+
+pub fn encode_entries_request(bucket: u16, fingerprints: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(6 + 8 * fingerprints.len());
+    out.extend_from_slice(&bucket.to_le_bytes());
+    out.extend_from_slice(&(fingerprints.len() as u32).to_le_bytes());
+    for fingerprint in fingerprints {
+        out.extend_from_slice(&fingerprint.to_le_bytes());
+    }
+    out
+}
+
+/// `(bucket, the asker's fingerprints)`.
+pub fn decode_entries_request(body: &[u8]) -> Result<(u16, Vec<u64>)> {
+    let mut cursor = Cursor {
+        body,
+        at: 0,
+        what: "fullsync entries request",
+    };
+    let bucket = cursor.u16()?;
+    let count = cursor.count(ENTRIES_MAX, 8)?;
+    let fingerprints = (0..count)
+        .map(|_| cursor.u64())
+        .collect::<Result<Vec<_>>>()?;
+    cursor.finish()?;
+    Ok((bucket, fingerprints))
+}
+
+/// The answer to an ENTRIES request: which of the asker's fingerprints
+/// are missing here, and the entries here the asker did not fingerprint.
+pub fn answer_entries(asked: &[u64], held: &[Summary]) -> (Vec<bool>, Vec<Summary>) {
+    let held_prints: std::collections::HashSet<u64> = held.iter().map(fingerprint).collect();
+    let asked_prints: std::collections::HashSet<u64> = asked.iter().copied().collect();
+    let missing = asked
+        .iter()
+        .map(|print| !held_prints.contains(print))
+        .collect();
+    let differing = held
+        .iter()
+        .filter(|entry| !asked_prints.contains(&fingerprint(entry)))
+        .cloned()
+        .collect();
+    (missing, differing)
+}
+
+pub fn encode_entries_reply(missing: &[bool], differing: &[Summary]) -> Bytes {
+    let mut out = BytesMut::new();
+    let mut bits = vec![0u8; missing.len().div_ceil(8)];
+    for (index, &gone) in missing.iter().enumerate() {
+        if gone {
+            bits[index / 8] |= 1 << (index % 8);
+        }
+    }
+    out.put_slice(&bits);
+    out.put_slice(&encode_entries(differing));
+    out.freeze()
+}
+
+/// `(missing, differing)` for a request that sent `asked` fingerprints.
+pub fn decode_entries_reply(body: &[u8], asked: usize) -> Result<(Vec<bool>, Vec<Summary>)> {
+    let bitmap_len = asked.div_ceil(8);
+    if body.len() < bitmap_len {
+        return Err(Error::Truncated {
+            what: "fullsync entries reply",
+            needed: bitmap_len as u64,
+            available: body.len() as u64,
+        });
+    }
+    let missing = (0..asked)
+        .map(|index| body[index / 8] & (1 << (index % 8)) != 0)
+        .collect();
+    Ok((missing, decode_entries(&body[bitmap_len..])?))
+}
+
+/// Compares one bucket from an ENTRIES exchange: `local` (in the order
+/// fingerprinted), which of them the other side lacks, and the other
+/// side's entries that `local` did not fingerprint.
+pub fn diff_fingerprinted(
+    local: &[Summary],
+    missing: &[bool],
+    differing: &[Summary],
+) -> BucketDiff {
+    let mut theirs: HashMap<&[u8], Version> = HashMap::new();
+    for entry in differing {
+        theirs.insert(&entry.key[..], entry.version);
+    }
+    let ours: HashMap<&[u8], Version> = local.iter().map(|e| (&e.key[..], e.version)).collect();
+    let mut diff = BucketDiff::default();
+    for (entry, &gone) in local.iter().zip(missing) {
+        if gone
+            && theirs
+                .get(&entry.key[..])
+                .is_none_or(|version| *version < entry.version)
+        {
+            diff.push.push(entry.key.clone());
+        }
+    }
+    for entry in differing {
+        if ours
+            .get(&entry.key[..])
+            .is_none_or(|version| *version < entry.version)
+        {
+            diff.pull.push(entry.key.clone());
+        }
+    }
+    diff
+}
+
 /// What one bucket's comparison found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BucketDiff {
@@ -306,6 +429,36 @@ mod tests {
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_fetch(&huge).is_err());
         assert!(decode_digests(&huge).is_err());
+    }
+
+    #[test]
+    fn fingerprinted_comparison_agrees_with_the_full_one() {
+        let local = vec![
+            summary("same", 5),
+            summary("newer-here", 9),
+            summary("only-here", 1),
+            summary("older-here", 2),
+        ];
+        let remote = vec![
+            summary("same", 5),
+            summary("newer-here", 3),
+            summary("only-there", 4),
+            summary("older-here", 8),
+        ];
+        let prints: Vec<u64> = local.iter().map(fingerprint).collect();
+        let request = encode_entries_request(7, &prints);
+        let (bucket, asked) = decode_entries_request(&request).expect("request");
+        assert_eq!((bucket, &asked), (7, &prints));
+        let (missing, differing) = answer_entries(&asked, &remote);
+        assert_eq!(missing, [false, true, true, true]);
+        assert_eq!(differing.len(), 3, "'same' is not sent back");
+        let reply = encode_entries_reply(&missing, &differing);
+        let (missing, differing) = decode_entries_reply(&reply, asked.len()).expect("reply");
+        assert_eq!(
+            diff_fingerprinted(&local, &missing, &differing),
+            diff_bucket(&local, &remote)
+        );
+        assert!(decode_entries_reply(&reply[..0], asked.len()).is_err());
     }
 
     #[test]

@@ -270,14 +270,20 @@ async fn run_inner(
             link.fullsync.borrow_mut().buckets_differing += 1;
             let bucket = first + offset as u16;
             let local = local_entries(executor, partition, bucket).await?;
+            let prints: Vec<u64> = local.iter().map(fullsync::fingerprint).collect();
             let answer = session
-                .call(XDC_ENTRIES, bucket.to_le_bytes().to_vec(), link)
+                .call(
+                    XDC_ENTRIES,
+                    fullsync::encode_entries_request(bucket, &prints),
+                    link,
+                )
                 .await?;
             if answer.opcode != XDC_ENTRIES_REPLY {
                 return Err(format!("entries answered with {}", answer.opcode));
             }
-            let remote = fullsync::decode_entries(&answer.body).map_err(|e| e.to_string())?;
-            let diff = fullsync::diff_bucket(&local, &remote);
+            let (missing, differing) = fullsync::decode_entries_reply(&answer.body, prints.len())
+                .map_err(|e| e.to_string())?;
+            let diff = fullsync::diff_fingerprinted(&local, &missing, &differing);
             push.extend(diff.push);
             pull.extend(diff.pull);
         }

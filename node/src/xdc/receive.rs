@@ -281,13 +281,8 @@ async fn serve_fullsync(
             ))
         }
         XDC_ENTRIES => {
-            if frame.body.len() != 2 {
-                return Err(Response::Error {
-                    code: ErrorCode::MalformedBody,
-                    message: "XDC_ENTRIES: the body is one u16 bucket".to_string(),
-                });
-            }
-            let bucket = u16::from_le_bytes([frame.body[0], frame.body[1]]);
+            let (bucket, asked) =
+                fullsync::decode_entries_request(&frame.body).map_err(malformed)?;
             let partition = u32::from(bucket) / buckets_per_partition;
             let entries = match vnode_call(&shard, partition, PeerOp::BucketEntries { bucket })
                 .await
@@ -307,9 +302,10 @@ async fn serve_fullsync(
                     },
                 })
                 .collect();
+            let (missing, differing) = fullsync::answer_entries(&asked, &summaries);
             Ok(XdcMessage::new(
                 XDC_ENTRIES_REPLY,
-                fullsync::encode_entries(&summaries),
+                fullsync::encode_entries_reply(&missing, &differing),
             ))
         }
         _ => {
@@ -401,9 +397,28 @@ pub async fn apply_records(
     shard: &Rc<Shard>,
     records: &[XdcRecord],
 ) -> Result<Vec<Applied>, Response> {
+    let mut outcomes = vec![Applied::Written; records.len()];
     let (sender, results) = flume::unbounded();
+    let mut spawned = 0;
+    let mut wait_epoch = None;
     for (index, record) in records.iter().enumerate() {
         shard.observe_remote(record.version.hlc);
+        if shard.cluster.is_none() {
+            // Alone: this shard's own records are applied inline (one
+            // group-commit wait for the whole batch), no task per record.
+            let partition = shard.partitioner.partition_of(&record.key);
+            if shard.partitioner.shard_of_partition(partition) == shard.index {
+                let (response, epoch) = shard.apply(partition, vnode_op(record.clone())?);
+                wait_epoch = epoch.or(wait_epoch);
+                outcomes[index] =
+                    outcome_of(response, record.version).map_err(|message| Response::Error {
+                        code: ErrorCode::StorageError,
+                        message: format!("xdc record {index} not applied: {message}"),
+                    })?;
+                continue;
+            }
+        }
+        spawned += 1;
         let (shard, record, sender) = (Rc::clone(shard), record.clone(), sender.clone());
         glommio::spawn_local(async move {
             let _ = sender.send((index, apply_record(&shard, record).await));
@@ -411,7 +426,15 @@ pub async fn apply_records(
         .detach();
     }
     drop(sender);
-    let mut outcomes = vec![Applied::Written; records.len()];
+    if let Some(epoch) = wait_epoch {
+        shard
+            .wait_synced(epoch)
+            .await
+            .map_err(|reason| Response::Error {
+                code: ErrorCode::StorageError,
+                message: format!("xdc batch not durable: {reason}"),
+            })?;
+    }
     let mut answered = 0;
     while let Ok((index, outcome)) = results.recv_async().await {
         outcomes[index] = outcome.map_err(|message| Response::Error {
@@ -420,7 +443,7 @@ pub async fn apply_records(
         })?;
         answered += 1;
     }
-    if answered != records.len() {
+    if answered != spawned {
         return Err(Response::Error {
             code: ErrorCode::Internal,
             message: "an xdc apply task stopped".to_string(),
@@ -458,18 +481,7 @@ async fn apply_record(shard: &Rc<Shard>, record: XdcRecord) -> Result<Applied, S
         };
     }
     let partition = shard.partitioner.partition_of(&record.key);
-    let op = match record.kind {
-        RecordKind::Put => VnodeOp::Put {
-            key: record.key,
-            value: record.value,
-            version,
-            expires_at: record.expires_at,
-        },
-        _ => VnodeOp::Delete {
-            key: record.key,
-            version,
-        },
-    };
+    let op = vnode_op(record).map_err(describe)?;
     let owner = shard.partitioner.shard_of_partition(partition);
     let response = if owner == shard.index {
         let (response, epoch) = shard.apply(partition, op);
@@ -495,6 +507,31 @@ async fn apply_record(shard: &Rc<Shard>, record: XdcRecord) -> Result<Applied, S
             .await
             .map_err(|_| "the owning shard stopped".to_string())?
     };
+    outcome_of(response, version)
+}
+
+/// The vnode op that writes `record` with its own version.
+fn vnode_op(record: XdcRecord) -> Result<VnodeOp, Response> {
+    match record.kind {
+        RecordKind::Put => Ok(VnodeOp::Put {
+            key: record.key,
+            value: record.value,
+            version: record.version,
+            expires_at: record.expires_at,
+        }),
+        RecordKind::Tombstone => Ok(VnodeOp::Delete {
+            key: record.key,
+            version: record.version,
+        }),
+        other => Err(Response::Error {
+            code: ErrorCode::MalformedBody,
+            message: format!("record kind {other:?} is never shipped"),
+        }),
+    }
+}
+
+/// Written when the store kept `version`, stale when it held newer.
+fn outcome_of(response: Response, version: Version) -> Result<Applied, String> {
     match response {
         Response::Written { version: stored } => {
             let stored = Version::new(stored.hlc, stored.origin);
