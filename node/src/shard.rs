@@ -84,6 +84,16 @@ pub enum ShardCall {
     Stats {
         reply: flume::Sender<ShardReport>,
     },
+    /// A ring another shard of this node adopted.
+    Ring { ring: Box<meridian_ring::Ring> },
+    /// A membership request, for shard 0.
+    Membership {
+        request: meridian_net::peer::Membership,
+        reply: flume::Sender<Result<meridian_net::peer::PeerResponse, PeerFailure>>,
+    },
+    /// The CLUSTERINFO document, built by shard 0 (it holds the claimant's
+    /// handoff reports).
+    ClusterInfo { reply: flume::Sender<String> },
 }
 
 /// What a shard reports for STATS, NODEHEALTH and the metrics.
@@ -271,6 +281,49 @@ impl Shard {
                 Some(Store::open(self.hint_directory(), self.store_options())?);
         }
         Ok(())
+    }
+
+    /// Adopts `ring` if it wins over this shard's (see `cluster`); on a
+    /// change, shard 0 persists it and, with `spread`, the node's other
+    /// shards are sent it. Returns the new view when adopted.
+    pub fn adopt_ring(
+        &self,
+        ring: meridian_ring::Ring,
+        spread: bool,
+    ) -> Option<Rc<crate::cluster::RingView>> {
+        let cluster = self.cluster.as_ref()?;
+        let view = match cluster.adopt(ring) {
+            Ok(Some(view)) => view,
+            Ok(None) => return None,
+            Err(reason) => {
+                tracing::debug!(%reason, "ring not adopted");
+                return None;
+            }
+        };
+        tracing::info!(
+            shard = self.index,
+            epoch = view.ring.epoch(),
+            transfers = view.ring.transfers().len(),
+            "adopted a ring"
+        );
+        if self.index == 0 {
+            if let Err(error) = cluster.persist() {
+                tracing::error!(%error, "the ring could not be persisted");
+            }
+        }
+        if spread {
+            for (index, inbox) in self.inboxes.iter().enumerate() {
+                if index == self.index {
+                    continue;
+                }
+                let (inbox, ring) = (inbox.clone(), Box::new(view.ring.clone()));
+                glommio::spawn_local(async move {
+                    let _ = inbox.send_async(ShardCall::Ring { ring }).await;
+                })
+                .detach();
+            }
+        }
+        Some(view)
     }
 
     /// Stamps a new version for a write this shard coordinates.
