@@ -141,16 +141,21 @@ pub fn status_table(info: &Value) -> String {
         "{:<6} {:<22} {:<6} {:<8} {:>6} {:>14} {:>11}\n",
         "node", "address", "status", "ring", "owned", "after handoff", "replicated"
     ));
+    // Value's Display ignores widths: every cell becomes a String first.
+    let cell = |value: &Value| match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
     for member in info["members"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "{:<6} {:<22} {:<6} {:<8} {:>6} {:>14} {:>11}\n",
-            member["node_id"],
-            member["address"].as_str().unwrap_or("?"),
-            member["status"].as_str().unwrap_or("?"),
-            member["ring_status"].as_str().unwrap_or("?"),
-            member["partitions_owned"],
-            member["partitions_owned_after_handoff"],
-            member["partitions_replicated"]
+            cell(&member["node_id"]),
+            cell(&member["address"]),
+            cell(&member["status"]),
+            cell(&member["ring_status"]),
+            cell(&member["partitions_owned"]),
+            cell(&member["partitions_owned_after_handoff"]),
+            cell(&member["partitions_replicated"])
         ));
     }
     let handoff = &info["handoff"];

@@ -1,0 +1,313 @@
+//! Goal: with N = 3, W = 2, R = 2, a fourth node joins a three-node ring
+//! under a write load, then a founding member leaves; no acknowledged
+//! write is lost, every read during the moves returns the latest
+//! acknowledged value of its key or a newer one, and `cluster status`
+//! shows each change.
+//!
+//! Method: two writer threads (through members 1 and 3) overwrite keys of
+//! their own, round after round, each value naming its round; a shared
+//! table keeps the latest acknowledged round of every key. Two readers
+//! (through member 3, and through member 4 once it joined) read random
+//! keys: a read must come back with a round at least the one acknowledged
+//! before it was sent. Member 4 starts with only a seed and joins by
+//! `meridian cli cluster join`; once its handoff completed, member 2 runs
+//! `cluster leave`. When every member holds the final ring, member 2 stops,
+//! the writers stop, and every key must read back (through members 1 and 4)
+//! with its latest acknowledged round or a newer one. Members are 2-shard
+//! processes, so each ring change crosses shards too.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian_net::client::blocking::Client;
+use meridian_net::client::core::put_request;
+use meridian_net::client::ClientConfig;
+use meridian_net::{Request, Response};
+use meridian_tests::cluster::TestCluster;
+use meridian_tests::wait_until;
+
+/// Keys each writer overwrites, round after round.
+const KEYS_PER_WRITER: usize = 300;
+/// Writes each writer keeps in flight (distinct keys).
+const WINDOW: usize = 8;
+/// Bound on each wait for a ring change and on the writers' whole run.
+const CHANGE_DEADLINE: Duration = Duration::from_secs(25);
+const LOAD_LIMIT: Duration = Duration::from_secs(60);
+
+/// The latest acknowledged round of every key of the test.
+struct Acknowledged {
+    keys: Vec<String>,
+    rounds: Vec<AtomicU64>,
+}
+
+impl Acknowledged {
+    fn new(writers: usize) -> Acknowledged {
+        let keys: Vec<String> = (0..writers * KEYS_PER_WRITER)
+            .map(|index| format!("moving-{index:05}"))
+            .collect();
+        let rounds = keys.iter().map(|_| AtomicU64::new(0)).collect();
+        Acknowledged { keys, rounds }
+    }
+}
+
+fn value(key: &str, round: u64) -> Vec<u8> {
+    format!("{key}={round}").into_bytes()
+}
+
+fn round_of(key: &str, value: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(value);
+    let (named, round) = text
+        .split_once('=')
+        .unwrap_or_else(|| panic!("{key}: malformed value {text:?}"));
+    assert_eq!(named, key, "a read of {key} returned another key's value");
+    round.parse().expect("a round number")
+}
+
+/// Overwrites keys `writer * KEYS_PER_WRITER ..` round after round until
+/// `stop`; records acknowledged rounds; returns the error answers.
+fn overwrite(
+    config: ClientConfig,
+    writer: usize,
+    table: Arc<Acknowledged>,
+    acknowledged_count: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut client = match Client::connect(config) {
+        Ok(client) => client,
+        Err(error) => return vec![format!("connect: {error}")],
+    };
+    let first = writer * KEYS_PER_WRITER;
+    let mut pending: HashMap<u32, (usize, u64)> = HashMap::new();
+    let deadline = Instant::now() + LOAD_LIMIT;
+    let mut sequence = 0usize;
+    loop {
+        let writing = !stop.load(Ordering::SeqCst) && Instant::now() < deadline;
+        if !writing && pending.is_empty() {
+            return errors;
+        }
+        while writing && pending.len() < WINDOW {
+            let index = first + sequence % KEYS_PER_WRITER;
+            let round = (sequence / KEYS_PER_WRITER) as u64 + 1;
+            sequence += 1;
+            let key = &table.keys[index];
+            match client.send(&put_request(key.as_bytes(), &value(key, round), None)) {
+                Ok(id) => pending.insert(id, (index, round)),
+                Err(error) => {
+                    errors.push(format!("send {key}: {error}"));
+                    return errors;
+                }
+            };
+        }
+        let (id, response) = match client.recv_any() {
+            Ok(answer) => answer,
+            Err(error) => {
+                errors.push(format!("connection lost: {error}"));
+                return errors;
+            }
+        };
+        let Some((index, round)) = pending.remove(&id) else {
+            errors.push(format!("answer to unknown request {id}"));
+            continue;
+        };
+        match response {
+            Response::Written { .. } => {
+                table.rounds[index].fetch_max(round, Ordering::SeqCst);
+                acknowledged_count.fetch_add(1, Ordering::SeqCst);
+            }
+            other => errors.push(format!("PUT {}: {other:?}", table.keys[index])),
+        }
+    }
+}
+
+/// Reads keys in turn until `stop`: each must come back with at least the
+/// round acknowledged before the read was sent. Returns (reads, failures).
+fn check_reads(
+    config: ClientConfig,
+    table: Arc<Acknowledged>,
+    stop: Arc<AtomicBool>,
+) -> (usize, Vec<String>) {
+    let mut failures = Vec::new();
+    let mut client = match Client::connect(config) {
+        Ok(client) => client,
+        Err(error) => return (0, vec![format!("connect: {error}")]),
+    };
+    let deadline = Instant::now() + LOAD_LIMIT;
+    let mut reads = 0;
+    let mut index = 0usize;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline && failures.len() < 10 {
+        index = (index + 7919) % table.keys.len();
+        let key = &table.keys[index];
+        let acknowledged = table.rounds[index].load(Ordering::SeqCst);
+        let request = Request::Get {
+            key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+            read_quorum: None,
+        };
+        let read = match client.send(&request).and_then(|_| client.recv_any()) {
+            Ok((_, Response::Value(found))) => round_of(key, &found.value),
+            Ok((_, Response::NotFound)) => 0,
+            Ok((_, other)) => {
+                failures.push(format!("GET {key}: {other:?}"));
+                continue;
+            }
+            Err(error) => {
+                failures.push(format!("GET {key}: {error}"));
+                return (reads, failures);
+            }
+        };
+        reads += 1;
+        if read < acknowledged {
+            failures.push(format!(
+                "GET {key} returned round {read}, round {acknowledged} was acknowledged before"
+            ));
+        }
+    }
+    (reads, failures)
+}
+
+/// Member `id`'s view of member `member`'s ring status and the handoff.
+fn ring_status(cluster: &TestCluster, id: usize, member: usize) -> Option<(String, bool)> {
+    let info = cluster.try_cluster_info(id)?;
+    let status = info["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["node_id"] == member as u64)?["ring_status"]
+        .as_str()?
+        .to_string();
+    Some((status, info["handoff"].is_null()))
+}
+
+/// Waits until every member in `ids` sees `member` as `status` with no
+/// handoff pending.
+fn wait_for_ring(cluster: &TestCluster, ids: &[usize], member: usize, status: &str) -> bool {
+    wait_until(Instant::now() + CHANGE_DEADLINE, || {
+        ids.iter().all(|&id| {
+            ring_status(cluster, id, member).is_some_and(|(seen, settled)| seen == status && settled)
+        })
+    })
+}
+
+fn cli_text(output: &std::process::Output) -> String {
+    format!(
+        "status {:?}, stdout {:?}, stderr {:?}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn a_node_joins_and_a_node_leaves_under_load_without_losing_a_write() {
+    let configure = |config: meridian_tests::ServerConfig| {
+        config
+            .shards(2)
+            .set("storage", "partitions", "16")
+            .set("cluster", "heartbeat_interval_ms", "100")
+            .set("cluster", "request_timeout_ms", "2000")
+    };
+    let mut cluster = TestCluster::start(3, configure);
+    let joiner = cluster.start_joining_node(1, configure);
+    assert_eq!(joiner, 4);
+
+    let table = Arc::new(Acknowledged::new(2));
+    let acknowledged_count = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = [1, 3]
+        .into_iter()
+        .enumerate()
+        .map(|(writer, id)| {
+            let config = cluster.node(id).client_config();
+            let (table, count, stop) = (
+                Arc::clone(&table),
+                Arc::clone(&acknowledged_count),
+                Arc::clone(&stop),
+            );
+            std::thread::spawn(move || overwrite(config, writer, table, count, stop))
+        })
+        .collect();
+    let reader = |id: usize| {
+        let config = cluster.node(id).client_config();
+        let (table, stop) = (Arc::clone(&table), Arc::clone(&stop));
+        std::thread::spawn(move || check_reads(config, table, stop))
+    };
+    let mut readers = vec![reader(3)];
+    let enough = |target: usize| {
+        wait_until(Instant::now() + CHANGE_DEADLINE, || {
+            acknowledged_count.load(Ordering::SeqCst) >= target
+        })
+    };
+    assert!(enough(1000), "fewer than 1000 writes acknowledged before the join");
+
+    // The join, run against the joining node, naming a member.
+    let seed = cluster.node(2).address().to_string();
+    let joined = cluster.node(joiner).cli(&["cluster", "join", &seed]);
+    assert!(joined.status.success(), "cluster join: {}", cli_text(&joined));
+    readers.push(reader(joiner));
+    let at_join = acknowledged_count.load(Ordering::SeqCst);
+    assert!(
+        wait_for_ring(&cluster, &[1, 2, 3, 4], joiner, "up"),
+        "member 4 never became up everywhere: {:?}",
+        cluster.try_cluster_info(1)
+    );
+    let status = cluster.node(3).cli(&["cluster", "status"]);
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(status.status.success(), "cluster status: {}", cli_text(&status));
+    assert!(
+        text.lines().filter(|line| line.contains(" up ")).count() == 4
+            && text.contains("no handoff pending"),
+        "cluster status after the join:\n{text}"
+    );
+    assert!(enough(at_join + 500), "writes stalled during the join");
+
+    // The leave, run against the leaving node.
+    let left = cluster.node(2).cli(&["cluster", "leave"]);
+    assert!(left.status.success(), "cluster leave: {}", cli_text(&left));
+    let at_leave = acknowledged_count.load(Ordering::SeqCst);
+    assert!(
+        wait_for_ring(&cluster, &[1, 2, 3, 4], 2, "removed"),
+        "member 2 never became removed everywhere: {:?}",
+        cluster.try_cluster_info(1)
+    );
+    let status = cluster.node(1).cli(&["cluster", "status"]);
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        text.lines().any(|line| line.starts_with('2') && line.contains("removed")),
+        "cluster status after the leave:\n{text}"
+    );
+    assert!(enough(at_leave + 500), "writes stalled during the leave");
+    cluster.node_mut(2).stop();
+    assert!(
+        enough(acknowledged_count.load(Ordering::SeqCst) + 300),
+        "writes stalled once member 2 stopped"
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        let errors = writer.join().expect("writer thread");
+        assert!(errors.is_empty(), "writes failed: {:?}", &errors[..errors.len().min(5)]);
+    }
+    for reader in readers {
+        let (reads, failures) = reader.join().expect("reader thread");
+        assert!(failures.is_empty(), "reads failed: {failures:?}");
+        assert!(reads > 100, "only {reads} reads ran during the moves");
+    }
+    println!(
+        "{} writes acknowledged; {at_join} before the join, {at_leave} before the leave",
+        acknowledged_count.load(Ordering::SeqCst)
+    );
+    for id in [1, 4] {
+        let mut client = cluster.client(id);
+        for (index, key) in table.keys.iter().enumerate() {
+            let acknowledged = table.rounds[index].load(Ordering::SeqCst);
+            let found = client.get(key.as_bytes()).expect("GET after the moves");
+            let read = found.map_or(0, |entry| round_of(key, &entry.value));
+            assert!(
+                read >= acknowledged,
+                "through member {id}: {key} reads round {read}, round {acknowledged} was acknowledged"
+            );
+        }
+    }
+    cluster.stop_all();
+}
