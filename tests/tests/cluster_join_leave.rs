@@ -4,7 +4,8 @@
 //! acknowledged value of its key or a newer one, and `cluster status`
 //! shows each change.
 //!
-//! Method: two writer threads (through members 1 and 3) overwrite keys of
+//! Method: 2,000 keys are written once before the join and never again
+//! (only a handoff can move them). Then two writer threads (through members 1 and 3) overwrite keys of
 //! their own, round after round, each value naming its round; a shared
 //! table keeps the latest acknowledged round of every key. Two readers
 //! (through member 3, and through member 4 once it joined) read random
@@ -13,8 +14,11 @@
 //! `meridian cli cluster join`; once its handoff completed, member 2 runs
 //! `cluster leave`. When every member holds the final ring, member 2 stops,
 //! the writers stop, and every key must read back (through members 1 and 4)
-//! with its latest acknowledged round or a newer one. Members are 2-shard
-//! processes, so each ring change crosses shards too.
+//! with its latest acknowledged round or a newer one. Anti-entropy is all
+//! but off, so only the handoff can bring the moved partitions to their new
+//! owners: once the writers stopped, members 1, 3 and 4 (each a replica of
+//! every partition now) must hold equal digests for all 16 partitions.
+//! Members are 2-shard processes, so each ring change crosses shards too.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -25,9 +29,11 @@ use meridian_net::client::blocking::Client;
 use meridian_net::client::core::put_request;
 use meridian_net::client::ClientConfig;
 use meridian_net::{Request, Response};
-use meridian_tests::cluster::TestCluster;
+use meridian_tests::cluster::{entries, put_all, read_all, TestCluster};
 use meridian_tests::wait_until;
 
+/// Keys written once, before the join.
+const SETTLED_KEYS: usize = 2000;
 /// Keys each writer overwrites, round after round.
 const KEYS_PER_WRITER: usize = 300;
 /// Writes each writer keeps in flight (distinct keys).
@@ -206,11 +212,14 @@ fn a_node_joins_and_a_node_leaves_under_load_without_losing_a_write() {
             .set("storage", "partitions", "16")
             .set("cluster", "heartbeat_interval_ms", "100")
             .set("cluster", "request_timeout_ms", "2000")
+            .set("cluster", "anti_entropy_interval_ms", "600000")
     };
     let mut cluster = TestCluster::start(3, configure);
     let joiner = cluster.start_joining_node(1, configure);
     assert_eq!(joiner, 4);
 
+    let settled = entries("settled", SETTLED_KEYS, "before the join");
+    put_all(&mut cluster.client(1), &settled, "keys written before the join");
     let table = Arc::new(Acknowledged::new(2));
     let acknowledged_count = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -297,6 +306,21 @@ fn a_node_joins_and_a_node_leaves_under_load_without_losing_a_write() {
         "{} writes acknowledged; {at_join} before the join, {at_leave} before the leave",
         acknowledged_count.load(Ordering::SeqCst)
     );
+    let converged =
+        cluster.wait_for_equal_digests(&[1, 3, 4], 16, Instant::now() + CHANGE_DEADLINE);
+    assert!(
+        converged,
+        "the remaining members hold different data: {:?}",
+        cluster.all_digests(&[1, 3, 4])
+    );
+    for id in [1, 4] {
+        read_all(
+            &mut cluster.client(id),
+            &settled,
+            Some(1),
+            &format!("keys written before the join, through member {id} with R = 1"),
+        );
+    }
     for id in [1, 4] {
         let mut client = cluster.client(id);
         for (index, key) in table.keys.iter().enumerate() {

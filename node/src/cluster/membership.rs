@@ -183,7 +183,12 @@ fn commit(shard: &Shard, request: &Membership) -> Result<(), PeerFailure> {
             complete_if_ready(shard);
             return Ok(());
         }
-        MembershipCommand::JoinVia => unreachable!("handled before"),
+        MembershipCommand::JoinVia => {
+            return Err(refuse(
+                ErrorCode::MalformedBody,
+                "JOIN_VIA is asked of the joining node, never passed on",
+            ))
+        }
     };
     tracing::info!(
         command = ?request.command,
