@@ -73,12 +73,13 @@ impl TestCluster {
     }
 
     /// Starts one more node (id = members + 1) that is not a founding
-    /// member: its config names member `seed` in `cluster.seeds`, with
-    /// `join_on_start = false`, so it joins when told to (`meridian cli
+    /// member: its config names members `seeds` in `cluster.seeds`; with
+    /// `join_on_start` false it joins only when told to (`meridian cli
     /// cluster join`). Its port is fixed, like the founders'. Returns its id.
     pub fn start_joining_node(
         &mut self,
-        seed: usize,
+        seeds: &[usize],
+        join_on_start: bool,
         configure: impl Fn(ServerConfig) -> ServerConfig,
     ) -> usize {
         let id = self.nodes.len() + 1;
@@ -88,16 +89,16 @@ impl TestCluster {
             .find(|port| !taken.contains(port))
             .expect("a free loopback port");
         let address = SocketAddr::from(([127, 0, 0, 1], port));
+        let seed_list: Vec<String> = seeds
+            .iter()
+            .map(|&seed| format!("\"{}\"", self.node(seed).address()))
+            .collect();
         let base = ServerConfig::default().set("cluster", "anti_entropy_interval_ms", "200");
         let config = configure(base)
             .listen(address)
             .set("node", "node_id", &id.to_string())
-            .set(
-                "cluster",
-                "seeds",
-                &format!("[\"{}\"]", self.node(seed).address()),
-            )
-            .set("cluster", "join_on_start", "false");
+            .set("cluster", "seeds", &format!("[{}]", seed_list.join(", ")))
+            .set("cluster", "join_on_start", &join_on_start.to_string());
         self.nodes.push(ServerProcess::start(config));
         id
     }

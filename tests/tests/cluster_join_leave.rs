@@ -215,7 +215,7 @@ fn a_node_joins_and_a_node_leaves_under_load_without_losing_a_write() {
             .set("cluster", "anti_entropy_interval_ms", "600000")
     };
     let mut cluster = TestCluster::start(3, configure);
-    let joiner = cluster.start_joining_node(1, configure);
+    let joiner = cluster.start_joining_node(&[1], false, configure);
     assert_eq!(joiner, 4);
 
     let settled = entries("settled", SETTLED_KEYS, "before the join");
@@ -333,5 +333,49 @@ fn a_node_joins_and_a_node_leaves_under_load_without_losing_a_write() {
             );
         }
     }
+    cluster.stop_all();
+}
+
+/// Goal: a node whose config names only seeds joins by itself at start once
+/// `min_contact_points` of them answer, and after a restart it resumes from
+/// its persisted ring, not from its config.
+///
+/// Method: three founders; a fourth node with two seeds and
+/// `min_contact_points = 2`. Every member must come to see it up with no
+/// handoff pending, and keys written before it joined must read back through
+/// it. It then restarts on its own directory: its first CLUSTERINFO must
+/// already name four members at the epoch it had (no rejoin), and the keys
+/// must still read back through it.
+#[test]
+fn a_node_with_seeds_joins_at_start_and_keeps_its_ring_across_a_restart() {
+    let configure = |config: meridian_tests::ServerConfig| {
+        config
+            .set("cluster", "heartbeat_interval_ms", "100")
+            .set("cluster", "min_contact_points", "2")
+    };
+    let mut cluster = TestCluster::start(3, configure);
+    let written = entries("before-join", 500, "one");
+    put_all(&mut cluster.client(2), &written, "keys written before the join");
+    let joiner = cluster.start_joining_node(&[1, 3], true, configure);
+    assert!(
+        wait_for_ring(&cluster, &[1, 2, 3, joiner], joiner, "up"),
+        "the seeded node never became up everywhere: {:?}",
+        cluster.try_cluster_info(1)
+    );
+    read_all(&mut cluster.client(joiner), &written, None, "through the joined node");
+    let before = cluster.try_cluster_info(joiner).expect("CLUSTERINFO");
+
+    cluster.node_mut(joiner).restart();
+    let after = cluster.try_cluster_info(joiner).expect("CLUSTERINFO after the restart");
+    assert_eq!(
+        after["members"].as_array().map(Vec::len),
+        Some(4),
+        "the restarted node lost its ring: {after}"
+    );
+    assert!(
+        after["ring_epoch"].as_u64() >= before["ring_epoch"].as_u64(),
+        "the restarted node went back to an older ring: {after}"
+    );
+    read_all(&mut cluster.client(joiner), &written, None, "through the restarted node");
     cluster.stop_all();
 }
