@@ -452,3 +452,47 @@ async fn repair(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Goal: during a handoff a quorum is met only in both lists.
+
+    use super::*;
+    use meridian_ring::{Replica, Role};
+
+    fn plan(lists: Vec<Vec<u16>>, wanted: usize) -> QuorumPlan {
+        let mut replicas: Vec<Replica> = Vec::new();
+        for node in lists.iter().flatten() {
+            if !replicas.iter().any(|r| r.node == *node) {
+                replicas.push(Replica {
+                    node: *node,
+                    role: Role::Primary,
+                });
+            }
+        }
+        QuorumPlan {
+            partition: 0,
+            replicas,
+            lists,
+            wanted,
+        }
+    }
+
+    #[test]
+    fn one_list_needs_its_quorum() {
+        let plan = plan(vec![vec![1, 2, 3]], 2);
+        assert!(!plan.met(&[1]));
+        assert!(plan.met(&[3, 1]));
+    }
+
+    #[test]
+    fn a_handoff_needs_the_quorum_in_the_current_and_the_target_list() {
+        // Current {1, 2, 3}; target {1, 2, 4}: node 4 joins, 3 hands off.
+        let plan = plan(vec![vec![1, 2, 3], vec![1, 2, 4]], 2);
+        assert_eq!(plan.replicas.len(), 4);
+        assert!(!plan.met(&[3, 4]), "one answer in each list");
+        assert!(!plan.met(&[1, 3]), "the target list has only node 1");
+        assert!(plan.met(&[1, 3, 4]));
+        assert!(plan.met(&[2, 1]));
+    }
+}

@@ -349,3 +349,67 @@ fn check_persisted(ring: &Ring, config: &Config) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Goal: the view derived from a ring names the right target and the
+    //! right handoffs. Method: rings planned with the ring crate.
+
+    use super::*;
+
+    fn three_members() -> Ring {
+        let mut ring = Ring::new("test", 16, 3, Member::new(1, "127.0.0.1:1")).expect("ring");
+        for id in [2, 3] {
+            ring = meridian_ring::plan_join(&ring, Member::new(id, format!("127.0.0.1:{id}")))
+                .expect("join");
+        }
+        while let Some(transfer) = ring.transfers().first().copied() {
+            ring = meridian_ring::complete_transfer(&ring, transfer.partition).expect("complete");
+        }
+        ring
+    }
+
+    #[test]
+    fn a_settled_ring_has_no_plan_and_needs_no_handoff() {
+        let view = RingView::new(three_members()).expect("view");
+        assert!(view.target.is_none());
+        assert_eq!(view.plan, 0);
+        assert!(view.handoffs_needed().is_empty());
+    }
+
+    #[test]
+    fn a_join_needs_the_new_node_to_pull_every_partition_it_will_replicate() {
+        let settled = three_members();
+        let joined = meridian_ring::plan_join(&settled, Member::new(4, "127.0.0.1:4"))
+            .expect("join");
+        let view = RingView::new(joined.clone()).expect("view");
+        let target = view.target.as_ref().expect("a target during the handoff");
+        assert!(target.transfers().is_empty());
+        assert_eq!(target.owners(), &joined.target_owners()[..]);
+        assert_ne!(view.plan, 0);
+        let needed = view.handoffs_needed();
+        // Three members held every partition: only the new node is new.
+        assert!(needed.iter().all(|&(node, _)| node == 4), "{needed:?}");
+        let replicated = (0..16).filter(|&p| target.primaries(p).contains(&4)).count();
+        assert_eq!(needed.len(), replicated);
+        // The same plan reached by another path has the same hash.
+        assert_eq!(RingView::new(joined).expect("view").plan, view.plan);
+    }
+
+    #[test]
+    fn a_leave_needs_the_remaining_nodes_to_pull_what_the_leaver_replicated() {
+        let settled = three_members();
+        let mut four = meridian_ring::plan_join(&settled, Member::new(4, "127.0.0.1:4"))
+            .expect("join");
+        while let Some(transfer) = four.transfers().first().copied() {
+            four = meridian_ring::complete_transfer(&four, transfer.partition).expect("complete");
+        }
+        let leaving = meridian_ring::plan_leave(&four, 2).expect("leave");
+        let view = RingView::new(leaving).expect("view");
+        let needed = view.handoffs_needed();
+        assert!(!needed.is_empty());
+        assert!(needed.iter().all(|&(node, _)| node != 2), "{needed:?}");
+        let target = view.target.as_ref().expect("target");
+        assert!((0..16).all(|p| !target.primaries(p).contains(&2)));
+    }
+}
