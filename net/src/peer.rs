@@ -960,7 +960,11 @@ impl Encode for PeerRequest {
             }
             PeerRequest::Membership(membership) => {
                 buf.put_u8(membership.command as u8);
-                buf.put_u8(if membership.forwarded { OPTION_BIT_0 } else { 0 });
+                buf.put_u8(if membership.forwarded {
+                    OPTION_BIT_0
+                } else {
+                    0
+                });
                 buf.put_u16_le(membership.node_id);
                 buf.put_u64_le(membership.plan);
                 // body_len proved the address fits 255 bytes.
@@ -1182,7 +1186,10 @@ mod tests {
         ]
         .concat();
         assert_eq!(&wire.body[..], &expected[..]);
-        assert_eq!(PeerRequest::decode(&wire, &limits).expect("decode"), request);
+        assert_eq!(
+            PeerRequest::decode(&wire, &limits).expect("decode"),
+            request
+        );
         // A partition count past the limit is refused before any allocation.
         let mut body = expected[..16].to_vec();
         body.extend_from_slice(&(MEMBERSHIP_PARTITIONS_MAX + 1).to_le_bytes());

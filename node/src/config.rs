@@ -469,19 +469,21 @@ mod tests {
             .expect("one seed, defaults otherwise");
         assert!(seeded.cluster.is_clustered());
         let error = Config::from_toml("[cluster]\nseeds = [\"nowhere\"]\n")
-            .unwrap_err()
+            .expect_err("refused")
             .to_string();
-        assert!(error.contains("cluster.seeds") && error.contains("nowhere"), "{error}");
-        let error = Config::from_toml(
-            "[cluster]\nseeds = [\"127.0.0.1:7411\"]\nmin_contact_points = 2\n",
-        )
-        .unwrap_err()
-        .to_string();
+        assert!(
+            error.contains("cluster.seeds") && error.contains("nowhere"),
+            "{error}"
+        );
+        let error =
+            Config::from_toml("[cluster]\nseeds = [\"127.0.0.1:7411\"]\nmin_contact_points = 2\n")
+                .expect_err("refused")
+                .to_string();
         assert!(error.contains("cluster.min_contact_points"), "{error}");
         let error = Config::from_toml(
             "[node]\nlisten = \"0.0.0.0:7411\"\n[cluster]\nseeds = [\"127.0.0.1:7412\"]\n",
         )
-        .unwrap_err()
+        .expect_err("refused")
         .to_string();
         assert!(error.contains("node.listen"), "{error}");
     }

@@ -74,7 +74,10 @@ pub fn cluster_info_here(shard: &Shard) -> String {
         .iter()
         .map(|member| {
             let owned = |ring: &meridian_ring::Ring| {
-                ring.owners().iter().filter(|&&owner| owner == member.id).count()
+                ring.owners()
+                    .iter()
+                    .filter(|&&owner| owner == member.id)
+                    .count()
             };
             let replicated = (0..ring.partitions())
                 .filter(|&p| ring.primaries(p).contains(&member.id))

@@ -171,7 +171,9 @@ async fn run_shard(
             glommio::spawn_local(background::run_hint_delivery(Rc::clone(&shard))),
             glommio::spawn_local(background::run_anti_entropy(Rc::clone(&shard))),
             glommio::spawn_local(crate::cluster::handoff::run_handoff(Rc::clone(&shard))),
-            glommio::spawn_local(crate::cluster::membership::run_membership(Rc::clone(&shard))),
+            glommio::spawn_local(crate::cluster::membership::run_membership(Rc::clone(
+                &shard,
+            ))),
         ]
     });
     let metrics_task = (shard.index == 0 && !shard.config.node.metrics_listen.is_empty())

@@ -85,7 +85,9 @@ pub enum ShardCall {
         reply: flume::Sender<ShardReport>,
     },
     /// A ring another shard of this node adopted.
-    Ring { ring: Box<meridian_ring::Ring> },
+    Ring {
+        ring: Box<meridian_ring::Ring>,
+    },
     /// A membership request, for shard 0.
     Membership {
         request: meridian_net::peer::Membership,
@@ -93,7 +95,9 @@ pub enum ShardCall {
     },
     /// The CLUSTERINFO document, built by shard 0 (it holds the claimant's
     /// handoff reports).
-    ClusterInfo { reply: flume::Sender<String> },
+    ClusterInfo {
+        reply: flume::Sender<String>,
+    },
 }
 
 /// What a shard reports for STATS, NODEHEALTH and the metrics.

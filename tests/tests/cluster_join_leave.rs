@@ -190,7 +190,8 @@ fn ring_status(cluster: &TestCluster, id: usize, member: usize) -> Option<(Strin
 fn wait_for_ring(cluster: &TestCluster, ids: &[usize], member: usize, status: &str) -> bool {
     wait_until(Instant::now() + CHANGE_DEADLINE, || {
         ids.iter().all(|&id| {
-            ring_status(cluster, id, member).is_some_and(|(seen, settled)| seen == status && settled)
+            ring_status(cluster, id, member)
+                .is_some_and(|(seen, settled)| seen == status && settled)
         })
     })
 }
@@ -219,7 +220,11 @@ fn a_node_joins_and_a_node_leaves_under_load_without_losing_a_write() {
     assert_eq!(joiner, 4);
 
     let settled = entries("settled", SETTLED_KEYS, "before the join");
-    put_all(&mut cluster.client(1), &settled, "keys written before the join");
+    put_all(
+        &mut cluster.client(1),
+        &settled,
+        "keys written before the join",
+    );
     let table = Arc::new(Acknowledged::new(2));
     let acknowledged_count = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -247,12 +252,19 @@ fn a_node_joins_and_a_node_leaves_under_load_without_losing_a_write() {
             acknowledged_count.load(Ordering::SeqCst) >= target
         })
     };
-    assert!(enough(1000), "fewer than 1000 writes acknowledged before the join");
+    assert!(
+        enough(1000),
+        "fewer than 1000 writes acknowledged before the join"
+    );
 
     // The join, run against the joining node, naming a member.
     let seed = cluster.node(2).address().to_string();
     let joined = cluster.node(joiner).cli(&["cluster", "join", &seed]);
-    assert!(joined.status.success(), "cluster join: {}", cli_text(&joined));
+    assert!(
+        joined.status.success(),
+        "cluster join: {}",
+        cli_text(&joined)
+    );
     readers.push(reader(joiner));
     let at_join = acknowledged_count.load(Ordering::SeqCst);
     assert!(
@@ -262,7 +274,11 @@ fn a_node_joins_and_a_node_leaves_under_load_without_losing_a_write() {
     );
     let status = cluster.node(3).cli(&["cluster", "status"]);
     let text = String::from_utf8_lossy(&status.stdout).to_string();
-    assert!(status.status.success(), "cluster status: {}", cli_text(&status));
+    assert!(
+        status.status.success(),
+        "cluster status: {}",
+        cli_text(&status)
+    );
     assert!(
         text.lines().filter(|line| line.contains(" up ")).count() == 4
             && text.contains("no handoff pending"),
@@ -282,7 +298,8 @@ fn a_node_joins_and_a_node_leaves_under_load_without_losing_a_write() {
     let status = cluster.node(1).cli(&["cluster", "status"]);
     let text = String::from_utf8_lossy(&status.stdout).to_string();
     assert!(
-        text.lines().any(|line| line.starts_with('2') && line.contains("removed")),
+        text.lines()
+            .any(|line| line.starts_with('2') && line.contains("removed")),
         "cluster status after the leave:\n{text}"
     );
     assert!(enough(at_leave + 500), "writes stalled during the leave");
@@ -295,7 +312,11 @@ fn a_node_joins_and_a_node_leaves_under_load_without_losing_a_write() {
     stop.store(true, Ordering::SeqCst);
     for writer in writers {
         let errors = writer.join().expect("writer thread");
-        assert!(errors.is_empty(), "writes failed: {:?}", &errors[..errors.len().min(5)]);
+        assert!(
+            errors.is_empty(),
+            "writes failed: {:?}",
+            &errors[..errors.len().min(5)]
+        );
     }
     for reader in readers {
         let (reads, failures) = reader.join().expect("reader thread");
@@ -349,24 +370,37 @@ fn a_node_joins_and_a_node_leaves_under_load_without_losing_a_write() {
 #[test]
 fn a_node_with_seeds_joins_at_start_and_keeps_its_ring_across_a_restart() {
     let configure = |config: meridian_tests::ServerConfig| {
-        config
-            .set("cluster", "heartbeat_interval_ms", "100")
-            .set("cluster", "min_contact_points", "2")
+        config.set("cluster", "heartbeat_interval_ms", "100").set(
+            "cluster",
+            "min_contact_points",
+            "2",
+        )
     };
     let mut cluster = TestCluster::start(3, configure);
     let written = entries("before-join", 500, "one");
-    put_all(&mut cluster.client(2), &written, "keys written before the join");
+    put_all(
+        &mut cluster.client(2),
+        &written,
+        "keys written before the join",
+    );
     let joiner = cluster.start_joining_node(&[1, 3], true, configure);
     assert!(
         wait_for_ring(&cluster, &[1, 2, 3, joiner], joiner, "up"),
         "the seeded node never became up everywhere: {:?}",
         cluster.try_cluster_info(1)
     );
-    read_all(&mut cluster.client(joiner), &written, None, "through the joined node");
+    read_all(
+        &mut cluster.client(joiner),
+        &written,
+        None,
+        "through the joined node",
+    );
     let before = cluster.try_cluster_info(joiner).expect("CLUSTERINFO");
 
     cluster.node_mut(joiner).restart();
-    let after = cluster.try_cluster_info(joiner).expect("CLUSTERINFO after the restart");
+    let after = cluster
+        .try_cluster_info(joiner)
+        .expect("CLUSTERINFO after the restart");
     assert_eq!(
         after["members"].as_array().map(Vec::len),
         Some(4),
@@ -376,6 +410,11 @@ fn a_node_with_seeds_joins_at_start_and_keeps_its_ring_across_a_restart() {
         after["ring_epoch"].as_u64() >= before["ring_epoch"].as_u64(),
         "the restarted node went back to an older ring: {after}"
     );
-    read_all(&mut cluster.client(joiner), &written, None, "through the restarted node");
+    read_all(
+        &mut cluster.client(joiner),
+        &written,
+        None,
+        "through the restarted node",
+    );
     cluster.stop_all();
 }

@@ -23,7 +23,9 @@ use meridian_net::client::blocking::Client;
 use meridian_net::client::ClientConfig;
 use meridian_net::message::Hello;
 use meridian_net::peer::{Membership, MembershipCommand, PeerRequest, PeerResponse};
-use meridian_net::{Decoder, Encoder, Frame, Limits, Opcode, Request, Response, Role, PROTOCOL_VERSION};
+use meridian_net::{
+    Decoder, Encoder, Frame, Limits, Opcode, Request, Response, Role, PROTOCOL_VERSION,
+};
 use serde_json::Value;
 
 use super::CliArgs;
@@ -94,12 +96,18 @@ pub fn run(args: &CliArgs, command: &ClusterCommand) -> Result<i32, String> {
 fn cluster_info(args: &CliArgs, address: &str) -> Result<Value, String> {
     let mut config = ClientConfig::new(address.to_string());
     config.cluster = args.cluster.clone();
-    config.credentials = args.secret.as_ref().map(|s| Bytes::from(s.clone().into_bytes()));
+    config.credentials = args
+        .secret
+        .as_ref()
+        .map(|s| Bytes::from(s.clone().into_bytes()));
     config.request_timeout = Duration::from_secs(args.timeout_s);
     config.connect_timeout = Duration::from_secs(args.timeout_s);
     let mut client = Client::connect(config).map_err(|e| format!("{address}: {e}"))?;
-    let text = client.clusterinfo().map_err(|e| format!("{address}: {e}"))?;
-    serde_json::from_str(&text).map_err(|e| format!("{address} answered CLUSTERINFO that is not JSON: {e}"))
+    let text = client
+        .clusterinfo()
+        .map_err(|e| format!("{address}: {e}"))?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("{address} answered CLUSTERINFO that is not JSON: {e}"))
 }
 
 /// Takes the handoff progress from the claimant when `info` comes from
@@ -210,7 +218,10 @@ impl PeerLink {
             role: Role::Peer,
             cluster: args.cluster.clone(),
             datacenter: String::new(),
-            credentials: args.secret.as_ref().map(|s| Bytes::from(s.clone().into_bytes())),
+            credentials: args
+                .secret
+                .as_ref()
+                .map(|s| Bytes::from(s.clone().into_bytes())),
         });
         let mut frame = BytesMut::new();
         Encoder::new(limits)
@@ -234,7 +245,11 @@ impl PeerLink {
             .map_err(|e| format!("send failed: {e}"))?;
         let mut chunk = [0u8; 16 * 1024];
         loop {
-            if let Some(frame) = self.decoder.decode(&mut self.input).map_err(|e| e.to_string())? {
+            if let Some(frame) = self
+                .decoder
+                .decode(&mut self.input)
+                .map_err(|e| e.to_string())?
+            {
                 return Ok(frame);
             }
             let read = self

@@ -40,7 +40,7 @@ pub async fn run_heartbeats(shard: Rc<Shard>) {
     let mut round = 0u64;
     loop {
         round += 1;
-        let gossip_anyway = shard.index == 0 && round % GOSSIP_EVERY_ROUNDS == 0;
+        let gossip_anyway = shard.index == 0 && round.is_multiple_of(GOSSIP_EVERY_ROUNDS);
         for peer in cluster.peers() {
             let shard = Rc::clone(&shard);
             glommio::spawn_local(async move {

@@ -141,9 +141,9 @@ struct QuorumPlan {
 impl QuorumPlan {
     /// True when `answered` holds `wanted` nodes of every list.
     fn met(&self, answered: &[u16]) -> bool {
-        self.lists.iter().all(|list| {
-            list.iter().filter(|node| answered.contains(node)).count() >= self.wanted
-        })
+        self.lists
+            .iter()
+            .all(|list| list.iter().filter(|node| answered.contains(node)).count() >= self.wanted)
     }
 }
 
@@ -187,7 +187,11 @@ fn plan<'a>(
     }
     for (index, list) in lists.iter().enumerate() {
         if list.len() < wanted {
-            let which_list = if index == 0 { "" } else { " in the handoff's target ring" };
+            let which_list = if index == 0 {
+                ""
+            } else {
+                " in the handoff's target ring"
+            };
             return Err(quorum_error(
                 ErrorCode::QuorumUnavailable,
                 format!(
@@ -266,8 +270,14 @@ pub async fn write(
             acknowledged.len(),
             plan.replicas.len(),
             plan.wanted,
-            if plan.lists.len() > 1 { " in the current and the target ring" } else { "" },
-            last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+            if plan.lists.len() > 1 {
+                " in the current and the target ring"
+            } else {
+                ""
+            },
+            last_error
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
         ),
     )
 }
@@ -384,8 +394,14 @@ pub async fn read(shard: Rc<Shard>, key: Bytes, read_quorum: Option<u8>) -> Resp
                 answers.len(),
                 plan.replicas.len(),
                 plan.wanted,
-                if plan.lists.len() > 1 { " in the current and the target ring" } else { "" },
-                last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+                if plan.lists.len() > 1 {
+                    " in the current and the target ring"
+                } else {
+                    ""
+                },
+                last_error
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
             ),
         );
     }

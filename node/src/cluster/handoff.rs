@@ -31,7 +31,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use meridian_net::peer::{EntrySummary, Membership, MembershipCommand, PeerRequest, PeerResponse, ReplicaRecord};
+use meridian_net::peer::{
+    EntrySummary, Membership, MembershipCommand, PeerRequest, PeerResponse, ReplicaRecord,
+};
 
 use super::buckets_of_partition;
 use super::coordinator::local_peer_op;
@@ -170,7 +172,9 @@ async fn pull_partition(shard: &Rc<Shard>, partition: u32) -> Result<usize, Stri
         .filter(|&node| node != cluster.self_id && cluster.is_live(node))
         .collect();
     if sources.is_empty() {
-        return Err(format!("no live primary of partition {partition} to pull from"));
+        return Err(format!(
+            "no live primary of partition {partition} to pull from"
+        ));
     }
     let mut records = 0;
     for source in sources {
@@ -333,6 +337,11 @@ impl<F: std::future::Future> std::future::Future for JoinAll<F> {
         if this.futures.iter().any(Option::is_some) {
             return std::task::Poll::Pending;
         }
-        std::task::Poll::Ready(this.outputs.iter_mut().map(|o| o.take().expect("ready")).collect())
+        std::task::Poll::Ready(
+            this.outputs
+                .iter_mut()
+                .map(|o| o.take().expect("ready"))
+                .collect(),
+        )
     }
 }

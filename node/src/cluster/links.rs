@@ -255,14 +255,14 @@ impl PeerLinks {
             .map_err(|e| failed(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let mut hello = BytesMut::new();
-        Encoder::new(self.limits.clone())
+        Encoder::new(self.limits)
             .encode(0, &Request::Hello(self.hello.clone()), &mut hello)
             .map_err(|e| failed(e.to_string()))?;
         stream
             .write_all(&hello)
             .await
             .map_err(|e| failed(e.to_string()))?;
-        let mut decoder = Decoder::new(self.limits.clone());
+        let mut decoder = Decoder::new(self.limits);
         let mut input = BytesMut::new();
         let mut chunk = vec![0u8; 4096];
         let answer = loop {

@@ -53,7 +53,10 @@ impl HandoffReports {
         if plan != self.plan {
             return 0;
         }
-        needed.iter().filter(|pair| self.ready.contains(pair)).count()
+        needed
+            .iter()
+            .filter(|pair| self.ready.contains(pair))
+            .count()
     }
 }
 
@@ -112,7 +115,10 @@ pub async fn handle(shard: Rc<Shard>, request: Membership) -> Result<PeerRespons
         }
         Some(claimant) if !request.forwarded => {
             let address = cluster.address(claimant).ok_or_else(|| {
-                refuse(ErrorCode::Internal, format!("claimant {claimant} has no address"))
+                refuse(
+                    ErrorCode::Internal,
+                    format!("claimant {claimant} has no address"),
+                )
             })?;
             let forwarded = PeerRequest::Membership(Membership {
                 forwarded: true,

@@ -303,7 +303,10 @@ impl Cluster {
 
     /// True when this node is one of the N owners of `partition`.
     pub fn is_primary(&self, partition: u32) -> bool {
-        self.view().ring.primaries(partition).contains(&self.self_id)
+        self.view()
+            .ring
+            .primaries(partition)
+            .contains(&self.self_id)
     }
 }
 
@@ -380,8 +383,8 @@ mod tests {
     #[test]
     fn a_join_needs_the_new_node_to_pull_every_partition_it_will_replicate() {
         let settled = three_members();
-        let joined = meridian_ring::plan_join(&settled, Member::new(4, "127.0.0.1:4"))
-            .expect("join");
+        let joined =
+            meridian_ring::plan_join(&settled, Member::new(4, "127.0.0.1:4")).expect("join");
         let view = RingView::new(joined.clone()).expect("view");
         let target = view.target.as_ref().expect("a target during the handoff");
         assert!(target.transfers().is_empty());
@@ -390,7 +393,9 @@ mod tests {
         let needed = view.handoffs_needed();
         // Three members held every partition: only the new node is new.
         assert!(needed.iter().all(|&(node, _)| node == 4), "{needed:?}");
-        let replicated = (0..16).filter(|&p| target.primaries(p).contains(&4)).count();
+        let replicated = (0..16)
+            .filter(|&p| target.primaries(p).contains(&4))
+            .count();
         assert_eq!(needed.len(), replicated);
         // The same plan reached by another path has the same hash.
         assert_eq!(RingView::new(joined).expect("view").plan, view.plan);
@@ -399,8 +404,8 @@ mod tests {
     #[test]
     fn a_leave_needs_the_remaining_nodes_to_pull_what_the_leaver_replicated() {
         let settled = three_members();
-        let mut four = meridian_ring::plan_join(&settled, Member::new(4, "127.0.0.1:4"))
-            .expect("join");
+        let mut four =
+            meridian_ring::plan_join(&settled, Member::new(4, "127.0.0.1:4")).expect("join");
         while let Some(transfer) = four.transfers().first().copied() {
             four = meridian_ring::complete_transfer(&four, transfer.partition).expect("complete");
         }

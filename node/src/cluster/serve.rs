@@ -59,11 +59,9 @@ pub async fn serve_peer(shard: Rc<Shard>, request: PeerRequest) -> Result<PeerRe
                 ring: bytes::Bytes::from(meridian_ring::encode(&cluster.view().ring)),
             })
         }
-        PeerRequest::Membership(request) => {
-            super::membership::serve(Rc::clone(&shard), request)
-                .await
-                .map_err(|(code, message)| refuse(code, message))
-        }
+        PeerRequest::Membership(request) => super::membership::serve(Rc::clone(&shard), request)
+            .await
+            .map_err(|(code, message)| refuse(code, message)),
         PeerRequest::ReplicaRead { partition, key } => {
             check(partition)?;
             local_peer_op(&shard, partition, PeerOp::Read { key })
