@@ -366,7 +366,9 @@ fn a_node_joins_and_a_node_leaves_under_load_without_losing_a_write() {
 /// handoff pending, and keys written before it joined must read back through
 /// it. It then restarts on its own directory: its first CLUSTERINFO must
 /// already name four members at the epoch it had (no rejoin), and the keys
-/// must still read back through it.
+/// must still read back through it. Last, the claimant (member 1) is asked
+/// to leave through member 3: member 2 takes over as claimant and completes
+/// the handoff, and the keys read back without member 1.
 #[test]
 fn a_node_with_seeds_joins_at_start_and_keeps_its_ring_across_a_restart() {
     let configure = |config: meridian_tests::ServerConfig| {
@@ -415,6 +417,29 @@ fn a_node_with_seeds_joins_at_start_and_keeps_its_ring_across_a_restart() {
         &written,
         None,
         "through the restarted node",
+    );
+
+    // The claimant itself leaves, asked through another member: member 2
+    // becomes the claimant and completes the handoff.
+    let left = cluster.node(3).cli(&["cluster", "leave", "--node", "1"]);
+    assert!(
+        left.status.success(),
+        "cluster leave --node 1: {}",
+        cli_text(&left)
+    );
+    assert!(
+        wait_for_ring(&cluster, &[1, 2, 3, joiner], 1, "removed"),
+        "member 1 never became removed everywhere: {:?}",
+        cluster.try_cluster_info(2)
+    );
+    let info = cluster.try_cluster_info(3).expect("CLUSTERINFO");
+    assert_eq!(info["claimant"], 2, "{info}");
+    cluster.node_mut(1).stop();
+    read_all(
+        &mut cluster.client(joiner),
+        &written,
+        None,
+        "after member 1 left",
     );
     cluster.stop_all();
 }

@@ -280,13 +280,18 @@ pub async fn join_through(
         .iter()
         .any(|m| m.id != cluster.self_id && m.status != Status::Removed);
     if others {
-        return match view.ring.member(cluster.self_id).map(|m| m.status) {
-            Some(Status::Joining | Status::Up) => Ok(()),
-            status => Err(refuse(
-                ErrorCode::MalformedBody,
-                format!("this node is already in a ring of several members (as {status:?})"),
-            )),
-        };
+        // A removed node may join again (its ring names it, so the answer
+        // is adopted); any other member is already in.
+        match view.ring.member(cluster.self_id).map(|m| m.status) {
+            Some(Status::Joining | Status::Up) => return Ok(()),
+            Some(Status::Removed) => {}
+            status => {
+                return Err(refuse(
+                    ErrorCode::MalformedBody,
+                    format!("this node is already a member of the ring (as {status:?})"),
+                ))
+            }
+        }
     }
     let mut answered: Vec<&String> = Vec::new();
     let mut last_error = String::from("no seed");
