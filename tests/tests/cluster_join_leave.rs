@@ -443,3 +443,26 @@ fn a_node_with_seeds_joins_at_start_and_keeps_its_ring_across_a_restart() {
     );
     cluster.stop_all();
 }
+
+/// Goal: joining a cluster whose ring size differs is refused before the
+/// node is planned in, with a message naming the setting; the cluster's
+/// ring does not change.
+///
+/// Method: two founders with 8 partitions; a node configured with 16 runs
+/// `cluster join`; the CLI must exit 2 naming `storage.partitions`, and the
+/// founders must still list two members.
+#[test]
+fn a_join_with_another_ring_size_is_refused_by_name() {
+    let mut cluster = TestCluster::start(2, |config| config);
+    let joiner = cluster.start_joining_node(&[1], false, |config| {
+        config.set("storage", "partitions", "16")
+    });
+    let seed = cluster.node(1).address().to_string();
+    let joined = cluster.node(joiner).cli(&["cluster", "join", &seed]);
+    assert_eq!(joined.status.code(), Some(2), "{}", cli_text(&joined));
+    let stderr = String::from_utf8_lossy(&joined.stderr);
+    assert!(stderr.contains("storage.partitions"), "{stderr}");
+    let info = cluster.try_cluster_info(1).expect("CLUSTERINFO");
+    assert_eq!(info["members"].as_array().map(Vec::len), Some(2), "{info}");
+    cluster.stop_all();
+}

@@ -304,7 +304,10 @@ pub async fn join_through(
             .call_address(0, seed, &gossip, cluster.request_timeout)
             .await
         {
-            Ok(PeerResponse::GossipReply { .. }) => answered.push(seed),
+            Ok(PeerResponse::GossipReply { ring }) => {
+                check_seed_ring(&view.ring, seed, &ring)?;
+                answered.push(seed);
+            }
             Ok(other) => last_error = format!("seed {seed} answered {other:?}"),
             Err(error) => last_error = format!("seed {seed}: {error}"),
         }
@@ -349,8 +352,49 @@ pub async fn join_through(
             format!("seed {seed} answered a ring that does not admit this node"),
         ));
     }
+    // Gossip may have brought the new ring first: what counts is the ring
+    // held afterwards.
     shard.adopt_ring(ring, true);
+    let held = cluster.view();
+    let admitted = held.ring.members().len() > 1
+        && matches!(
+            held.ring.member(cluster.self_id).map(|m| m.status),
+            Some(Status::Joining | Status::Up)
+        );
+    if !admitted {
+        return Err(refuse(
+            ErrorCode::Internal,
+            format!(
+                "seed {seed} admitted this node, but the ring held (epoch {}) does not",
+                held.ring.epoch()
+            ),
+        ));
+    }
     tracing::info!(seed = %seed, epoch = cluster.epoch(), "joined the cluster");
+    Ok(())
+}
+
+/// A seed's ring must be of this node's cluster and ring size, or the
+/// node could not adopt it once admitted.
+fn check_seed_ring(own: &Ring, seed: &str, bytes: &[u8]) -> Result<(), PeerFailure> {
+    let ring = meridian_ring::decode(bytes).map_err(|e| {
+        refuse(
+            ErrorCode::Internal,
+            format!("seed {seed} sent a ring that does not decode: {e}"),
+        )
+    })?;
+    if ring.cluster() != own.cluster() || ring.partitions() != own.partitions() {
+        return Err(refuse(
+            ErrorCode::ClusterMismatch,
+            format!(
+                "seed {seed} is in cluster {:?} with {} partitions; this node is configured for {:?} with {} (storage.partitions)",
+                ring.cluster(),
+                ring.partitions(),
+                own.cluster(),
+                own.partitions()
+            ),
+        ));
+    }
     Ok(())
 }
 
