@@ -123,6 +123,9 @@ pub struct ShardReport {
     pub read_repairs: u64,
     pub hints_delivered: u64,
     pub anti_entropy_repairs: u64,
+    pub handoff_records: u64,
+    pub ring_epoch: u64,
+    pub transfers_pending: u64,
     pub writes_refused: bool,
     /// (partition, XOR of its bucket digests) of every local vnode.
     pub partition_digests: Vec<(u32, u64)>,
@@ -561,6 +564,11 @@ impl Shard {
             .collect();
         report.partition_digests.sort_unstable();
         report.writes_refused = !self.sync_failures.borrow().is_empty();
+        if let Some(cluster) = self.cluster.as_ref() {
+            let view = cluster.view();
+            report.ring_epoch = view.ring.epoch();
+            report.transfers_pending = view.ring.transfers().len() as u64;
+        }
         report
     }
 

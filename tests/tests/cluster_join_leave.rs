@@ -272,6 +272,13 @@ fn a_node_joins_and_a_node_leaves_under_load_without_losing_a_write() {
         "member 4 never became up everywhere: {:?}",
         cluster.try_cluster_info(1)
     );
+    // Member 4 replicates 12 of the 16 partitions (4 owned, N = 3): the
+    // settled keys of those, about 1,500, reach it only by handoff.
+    let pulled = cluster.shard_counter(joiner, "handoff_records");
+    assert!(
+        pulled >= (SETTLED_KEYS / 2) as u64,
+        "member 4 became a replica after pulling only {pulled} records"
+    );
     let status = cluster.node(3).cli(&["cluster", "status"]);
     let text = String::from_utf8_lossy(&status.stdout).to_string();
     assert!(

@@ -291,6 +291,7 @@ where
             };
             local_peer_op(shard, partition, write).await?;
             written += count;
+            crate::metrics::ShardCounters::add(&shard.counters.handoff_records, count as u64);
         }
         // Throttle: this batch may take no less than count / rate seconds.
         let floor = Duration::from_secs_f64(count as f64 / rate);
