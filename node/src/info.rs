@@ -39,8 +39,9 @@ pub async fn cluster_info(shard: &Shard) -> String {
 /// The ring as this shard sees it: members with their status (this shard's
 /// failure detector) and ring status, ring epoch, partitions each member
 /// owns and is a replica of (now and once the pending transfers complete),
-/// the claimant, and pending handoffs with their progress (known to the
-/// claimant). A cluster of one owns every partition.
+/// the owner of every partition (clients route by it), the claimant, and
+/// pending handoffs with their progress (known to the claimant). A cluster
+/// of one owns every partition.
 pub fn cluster_info_here(shard: &Shard) -> String {
     let config = &shard.config;
     let Some(cluster) = shard.cluster.as_ref() else {
@@ -61,6 +62,7 @@ pub fn cluster_info_here(shard: &Shard) -> String {
                 "this_node": true,
             }],
             "claimant": config.node.node_id,
+            "owners": vec![config.node.node_id; config.storage.partitions as usize],
             "pending_handoffs": 0,
             "handoff": null,
         })
@@ -121,6 +123,7 @@ pub fn cluster_info_here(shard: &Shard) -> String {
         "write_quorum": cluster.write_quorum,
         "claimant": cluster.claimant(),
         "members": members,
+        "owners": ring.owners(),
         "pending_handoffs": ring.transfers().len(),
         "handoff": handoff,
     })
