@@ -180,9 +180,9 @@ mod tests {
     #[test]
     fn documents_that_do_not_check_out_are_refused() {
         let short = ClientRing::from_cluster_info(&document("[1,2,3]", "up"));
-        assert!(short.unwrap_err().contains("3 owners for 8"));
+        assert!(short.expect_err("refused").contains("3 owners for 8"));
         let removed_owner = ClientRing::from_cluster_info(&document("[9,2,3,1,2,3,1,2]", "up"));
-        assert!(removed_owner.unwrap_err().contains("owner 9"));
+        assert!(removed_owner.expect_err("refused").contains("owner 9"));
         assert!(ClientRing::from_cluster_info("not json").is_err());
         assert!(ClientRing::from_cluster_info("{}").is_err());
     }
