@@ -407,7 +407,7 @@ impl Connection {
             Role::Peer => {
                 return Err(error(
                     ErrorCode::ClusterMismatch,
-                    "this node is a cluster of one (no cluster.members, no cluster.seeds): it takes no peers",
+                    "this node is a cluster of one (no cluster.members, no cluster.seeds): it takes no peers; to join a cluster, restart it with cluster.seeds",
                 ))
             }
             other => {
