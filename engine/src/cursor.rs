@@ -207,7 +207,7 @@ impl Store {
     }
 
     /// Bytes of log written after `position`.
-    pub(crate) fn bytes_after(&self, position: LogPosition) -> u64 {
+    pub fn bytes_after(&self, position: LogPosition) -> u64 {
         self.by_id
             .range(position.segment..)
             .map(|(&id, &slot)| {

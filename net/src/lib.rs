@@ -52,6 +52,7 @@ pub mod format;
 pub mod message;
 pub mod peer;
 mod reader;
+pub mod xdc;
 
 pub use codec::{check_header, Decoder, Encode, Encoder, Frame};
 pub use error::{DecodeError, EncodeError, ErrorCode};

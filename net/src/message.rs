@@ -13,11 +13,11 @@
 //! | `0x00`       | never valid                                           |
 //! | `0x01..0x1F` | client requests (HELLO is shared by every role)       |
 //! | `0x20..0x3F` | peer requests: reserved, not implemented              |
-//! | `0x40..0x5F` | XDC requests: reserved, not implemented               |
+//! | `0x40..0x5F` | XDC requests (bodies: [`crate::xdc`])                  |
 //! | `0x60..0x7F` | unassigned                                            |
 //! | `0x80..0x9F` | client responses                                      |
 //! | `0xA0..0xBF` | peer responses: reserved, not implemented             |
-//! | `0xC0..0xDF` | XDC responses: reserved, not implemented              |
+//! | `0xC0..0xDF` | XDC responses (bodies: [`crate::xdc`])                 |
 //! | `0xE0..0xFE` | unassigned                                            |
 //! | `0xFF`       | ERROR, a response to any request                      |
 //!
@@ -76,6 +76,9 @@ impl Opcode {
     pub const NODEHEALTH: Opcode = Opcode(0x0A);
     /// Request: counters (JSON).
     pub const STATS: Opcode = Opcode(0x0B);
+    /// Request: an operator's command (`xdc connect …`, `xdc status`, …),
+    /// answered with INFO (JSON).
+    pub const ADMIN: Opcode = Opcode(0x0C);
 
     /// Reserved peer request: read from a replica.
     pub const PEER_REPLICA_READ: Opcode = Opcode(0x20);
@@ -91,10 +94,10 @@ impl Opcode {
     pub const PEER_HEARTBEAT: Opcode = Opcode(0x25);
     /// Reserved peer request: anti-entropy digest exchange.
     pub const PEER_DIGEST_EXCHANGE: Opcode = Opcode(0x26);
-    /// Reserved XDC request: a batch of records.
+    /// XDC request: a batch of records (see [`crate::xdc`]).
     pub const XDC_BATCH: Opcode = Opcode(0x40);
-    /// Reserved XDC request: acknowledge a batch.
-    pub const XDC_ACK: Opcode = Opcode(0x41);
+    /// XDC request: the opener's introduction (see [`crate::xdc`]).
+    pub const XDC_OPEN: Opcode = Opcode(0x41);
     /// Reserved XDC request: fullsync digest exchange.
     pub const XDC_DIGEST_EXCHANGE: Opcode = Opcode(0x42);
 
@@ -129,7 +132,7 @@ impl Opcode {
     /// What this opcode means.
     pub fn kind(self) -> OpcodeKind {
         match self.0 {
-            0x01..=0x0B => OpcodeKind::Request,
+            0x01..=0x0C => OpcodeKind::Request,
             0x81..=0x88 | 0xFF => OpcodeKind::Response,
             0x20..=0x3F | 0xA0..=0xBF => OpcodeKind::PeerReserved,
             0x40..=0x5F | 0xC0..=0xDF => OpcodeKind::XdcReserved,
@@ -273,6 +276,12 @@ pub enum Request {
     NodeHealth,
     /// Counters.
     Stats,
+    /// An operator's command, as its words (`xdc status`, `xdc connect
+    /// NAME ADDR`); the answer is INFO with JSON.
+    Admin {
+        /// The command line, space-separated words.
+        command: String,
+    },
 }
 
 impl Request {
@@ -290,6 +299,7 @@ impl Request {
             Request::ClusterInfo => Opcode::CLUSTERINFO,
             Request::NodeHealth => Opcode::NODEHEALTH,
             Request::Stats => Opcode::STATS,
+            Request::Admin { .. } => Opcode::ADMIN,
         }
     }
 }
@@ -389,9 +399,9 @@ mod tests {
         }
         assert_eq!(Opcode(0).kind(), OpcodeKind::Unassigned);
         assert_eq!(Opcode::STATS.kind(), OpcodeKind::Request);
-        assert_eq!(Opcode(0x0C).kind(), OpcodeKind::Unassigned);
+        assert_eq!(Opcode(0x0D).kind(), OpcodeKind::Unassigned);
         assert_eq!(Opcode::ERROR.kind(), OpcodeKind::Response);
-        assert_eq!(Opcode::XDC_ACK.kind(), OpcodeKind::XdcReserved);
+        assert_eq!(Opcode::XDC_OPEN.kind(), OpcodeKind::XdcReserved);
         assert_eq!(Opcode::PEER_GOSSIP.kind(), OpcodeKind::PeerReserved);
     }
 

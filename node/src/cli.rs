@@ -60,6 +60,75 @@ pub enum CliCommand {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
+    /// Cross-datacenter links.
+    Xdc {
+        #[command(subcommand)]
+        command: XdcCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum XdcCommand {
+    /// Open a link to another datacenter and ship every write there.
+    Connect {
+        /// The link's name (letters, digits, '-', '_').
+        name: String,
+        /// Any node of the remote datacenter, HOST:PORT.
+        address: String,
+        /// The remote datacenter's `xdc.secret` (proven, never sent).
+        #[arg(long)]
+        link_secret: String,
+        /// Also ship writes that came from third datacenters (chains, rings).
+        #[arg(long)]
+        cascade: bool,
+    },
+    /// Remove a link (its cursors go too).
+    Disconnect { name: String },
+    /// Stop shipping on a link, keeping its place.
+    Pause { name: String },
+    /// Ship again from where the link stopped.
+    Resume { name: String },
+    /// Compare with the remote datacenter and ship only what differs.
+    Fullsync {
+        name: String,
+        /// Also fetch what the remote holds newer (for two-way links).
+        #[arg(long)]
+        both: bool,
+    },
+    /// Every link's state, lag and counters.
+    Status,
+}
+
+impl XdcCommand {
+    /// The ADMIN command line.
+    fn command_line(&self) -> Result<String, String> {
+        Ok(match self {
+            XdcCommand::Connect {
+                name,
+                address,
+                link_secret,
+                cascade,
+            } => {
+                if link_secret.is_empty() || link_secret.chars().any(char::is_whitespace) {
+                    return Err(
+                        "--link-secret must be non-empty and hold no whitespace".to_string()
+                    );
+                }
+                let mut line = format!("xdc connect {name} {address} {link_secret}");
+                if *cascade {
+                    line.push_str(" cascade");
+                }
+                line
+            }
+            XdcCommand::Disconnect { name } => format!("xdc disconnect {name}"),
+            XdcCommand::Pause { name } => format!("xdc pause {name}"),
+            XdcCommand::Resume { name } => format!("xdc resume {name}"),
+            XdcCommand::Fullsync { name, both } => {
+                format!("xdc fullsync {name}{}", if *both { " both" } else { "" })
+            }
+            XdcCommand::Status => "xdc status".to_string(),
+        })
+    }
 }
 
 /// Runs a CLI command; returns the process exit status.
@@ -137,6 +206,15 @@ pub fn run(args: CliArgs) -> i32 {
             .map(|json| print_json(&mut stdout, &json)),
         CliCommand::Stats => client.stats().map(|json| print_json(&mut stdout, &json)),
         CliCommand::Cluster { .. } => unreachable!("run before connecting"),
+        CliCommand::Xdc { command } => match command.command_line() {
+            Ok(line) => client
+                .admin(&line)
+                .map(|json| print_json(&mut stdout, &json)),
+            Err(reason) => {
+                eprintln!("meridian cli: {reason}");
+                return 2;
+            }
+        },
     };
     match outcome {
         Ok(status) => status,

@@ -42,6 +42,54 @@ pub struct Config {
     pub limits: LimitsSection,
     pub runtime: RuntimeSection,
     pub cluster: ClusterSection,
+    pub xdc: XdcSection,
+}
+
+/// Cross-datacenter replication: what this datacenter accepts, and how
+/// its links ship. The links themselves are made with `meridian cli xdc
+/// connect` and kept in `<data_dir>/xdc/links.json`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XdcSection {
+    /// The secret a remote datacenter must prove (never sends) to open a
+    /// link to this one; empty = this datacenter accepts no XDC links.
+    pub secret: String,
+    /// A batch is sent at the latest this long after its first record.
+    pub batch_delay_ms: u32,
+    /// Records per batch, at most.
+    pub batch_records_max: u32,
+    /// Bytes of keys and values per batch, about.
+    pub batch_bytes_max: u32,
+    /// Batches sent and not yet acknowledged, per vnode and link.
+    pub max_in_flight: u32,
+    /// A link whose oldest batch is unacknowledged this long is reopened.
+    pub ack_timeout_ms: u32,
+    /// How often an idle link looks for new records.
+    pub poll_interval_ms: u32,
+    /// Longest wait between two attempts to open a link.
+    pub reconnect_max_ms: u32,
+    /// A received version further ahead of the local clock is reported.
+    pub max_clock_skew_ms: u32,
+    /// Log a vnode keeps for a link that is behind (cut, paused, slow),
+    /// at most; past it compaction goes on and the link needs a fullsync.
+    pub retention_bytes: u64,
+}
+
+impl Default for XdcSection {
+    fn default() -> XdcSection {
+        XdcSection {
+            secret: String::new(),
+            batch_delay_ms: 2,
+            batch_records_max: 1024,
+            batch_bytes_max: 1 << 20,
+            max_in_flight: 8,
+            ack_timeout_ms: 10_000,
+            poll_interval_ms: 1,
+            reconnect_max_ms: 2_000,
+            max_clock_skew_ms: 500,
+            retention_bytes: 8 << 30,
+        }
+    }
 }
 
 /// The datacenter's ring: its members and its replication settings.
@@ -203,6 +251,7 @@ impl Default for Config {
             limits: LimitsSection::default(),
             runtime: RuntimeSection::default(),
             cluster: ClusterSection::default(),
+            xdc: XdcSection::default(),
         }
     }
 }
@@ -283,6 +332,26 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let xdc = &self.xdc;
+        for (field, value) in [
+            ("xdc.batch_records_max", xdc.batch_records_max),
+            ("xdc.batch_bytes_max", xdc.batch_bytes_max),
+            ("xdc.max_in_flight", xdc.max_in_flight),
+            ("xdc.ack_timeout_ms", xdc.ack_timeout_ms),
+            ("xdc.poll_interval_ms", xdc.poll_interval_ms),
+            ("xdc.reconnect_max_ms", xdc.reconnect_max_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
+        }
+        let records_max = meridian_xdc::BatchLimits::default().batch_records_max;
+        if xdc.batch_records_max > records_max {
+            return Err(invalid(
+                "xdc.batch_records_max",
+                format!("must be at most {records_max}"),
+            ));
+        }
         let partitions = self.storage.partitions;
         if !(8..=65536).contains(&partitions) || !partitions.is_power_of_two() {
             return Err(invalid(

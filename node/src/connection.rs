@@ -19,6 +19,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use meridian_net::message::Hello;
 use meridian_net::peer::{self, PeerRequest, PeerResponse};
+use meridian_net::xdc::{is_xdc_request, XdcMessage};
 use meridian_net::{
     Decoder, Encoder, ErrorCode, Frame, Limits, Request, Response, Role, PROTOCOL_VERSION,
 };
@@ -38,6 +39,12 @@ enum Slot {
     Coordinated(glommio::Task<Response>),
     /// A peer's request, running as its own task.
     Peer(glommio::Task<Result<PeerResponse, Response>>),
+    /// An XDC link's answer (handshake steps).
+    Xdc(Result<XdcMessage, Response>),
+    /// An XDC batch being applied.
+    XdcBatch(glommio::Task<Result<XdcMessage, Response>>),
+    /// An operator's command, answered by the XDC executor.
+    Admin(flume::Receiver<Result<String, String>>),
 }
 
 impl std::fmt::Debug for Slot {
@@ -48,6 +55,9 @@ impl std::fmt::Debug for Slot {
             Slot::Remote(_) => "Remote",
             Slot::Coordinated(_) => "Coordinated",
             Slot::Peer(_) => "Peer",
+            Slot::Xdc(_) => "Xdc",
+            Slot::XdcBatch(_) => "XdcBatch",
+            Slot::Admin(_) => "Admin",
         })
     }
 }
@@ -83,6 +93,8 @@ pub struct Connection {
     greeted: bool,
     /// The role the HELLO named.
     role: Option<Role>,
+    /// An inbound XDC link's state (role `xdc` only).
+    xdc: crate::xdc::receive::Session,
     /// Set while requests are being executed (shutdown waits for it to clear).
     pub busy: Rc<std::cell::Cell<bool>>,
     /// The answer slots of the batch being processed, kept between batches
@@ -100,6 +112,7 @@ impl Connection {
             shard,
             greeted: false,
             role: None,
+            xdc: crate::xdc::receive::Session::default(),
             busy,
             slots: Vec::new(),
         }
@@ -203,6 +216,25 @@ impl Connection {
                     }
                     Err(failure) => failure,
                 },
+                Slot::Xdc(answer) => match answer {
+                    Ok(message) => {
+                        self.send_xdc(request_id, &message, output);
+                        continue;
+                    }
+                    Err(failure) => failure,
+                },
+                Slot::XdcBatch(task) => match task.await {
+                    Ok(message) => {
+                        self.send_xdc(request_id, &message, output);
+                        continue;
+                    }
+                    Err(failure) => failure,
+                },
+                Slot::Admin(reply) => match reply.recv_async().await {
+                    Ok(Ok(json)) => Response::Info { json },
+                    Ok(Err(message)) => error(ErrorCode::MalformedBody, message),
+                    Err(_) => error(ErrorCode::Internal, "the xdc executor stopped"),
+                },
             };
             self.send(request_id, &response, output);
         }
@@ -237,6 +269,43 @@ impl Connection {
         }
     }
 
+    fn send_xdc(&self, request_id: u32, message: &XdcMessage, output: &mut BytesMut) {
+        if let Err(refused) = message.encode(request_id, self.decoder.limits(), output) {
+            let fallback = error(
+                ErrorCode::Internal,
+                format!("xdc answer could not be encoded: {refused}"),
+            );
+            self.send(request_id, &fallback, output);
+        }
+    }
+
+    /// Starts an operator's command: `xdc …` goes to the XDC executor.
+    fn execute_admin(&self, command: &str) -> Slot {
+        let mut words = command.split_whitespace();
+        let Some("xdc") = words.next() else {
+            return Slot::Ready(error(
+                ErrorCode::MalformedBody,
+                format!("unknown admin command {command:?} (known: xdc …)"),
+            ));
+        };
+        let words: Vec<String> = words.map(str::to_string).collect();
+        let rest = command
+            .trim_start()
+            .splitn(3, char::is_whitespace)
+            .nth(2)
+            .unwrap_or("")
+            .to_string();
+        let (reply, answer) = flume::bounded(1);
+        let control = crate::xdc::Control::Admin { words, rest, reply };
+        if self.shard.xdc_control.try_send(control).is_err() {
+            return Slot::Ready(error(
+                ErrorCode::Overloaded,
+                "the xdc executor is busy or stopped; try again",
+            ));
+        }
+        Slot::Admin(answer)
+    }
+
     /// Starts a peer's request as a task.
     fn execute_peer(&self, frame: &Frame) -> (Slot, Option<u64>, bool) {
         match PeerRequest::decode(frame, self.decoder.limits()) {
@@ -263,6 +332,14 @@ impl Connection {
     async fn execute(&mut self, frame: Frame) -> (Slot, Option<u64>, bool) {
         if self.role == Some(Role::Peer) && peer::is_peer_request(frame.opcode) {
             return self.execute_peer(&frame);
+        }
+        if self.role == Some(Role::Xdc) && is_xdc_request(frame.opcode) {
+            return match self.xdc.handle(&self.shard, frame) {
+                crate::xdc::receive::Step::Answer { answer, close } => {
+                    (Slot::Xdc(answer), None, close)
+                }
+                crate::xdc::receive::Step::Applying(task) => (Slot::XdcBatch(task), None, false),
+            };
         }
         let request = match frame.into_request(self.decoder.limits()) {
             Ok(request) => request,
@@ -364,6 +441,9 @@ impl Connection {
                 None,
                 false,
             ),
+            Request::Admin { command } if self.role == Some(Role::Client) => {
+                (self.execute_admin(&command), None, false)
+            }
             other => (
                 Slot::Ready(error(
                     ErrorCode::UnknownOpcode,
@@ -382,6 +462,25 @@ impl Connection {
                 ErrorCode::UnsupportedVersion,
                 format!("protocol version {} is not spoken here (this server speaks {PROTOCOL_VERSION})", hello.protocol_version),
             ));
+        }
+        if hello.role == Role::Xdc {
+            // Another datacenter: its cluster name and secret are its own;
+            // the link proves this datacenter's xdc.secret next (OPEN/PROVE).
+            if self.shard.config.xdc.secret.is_empty() {
+                return Err(error(
+                    ErrorCode::AuthFailed,
+                    format!(
+                        "datacenter {:?} accepts no xdc links: its xdc.secret is not set",
+                        node.datacenter
+                    ),
+                ));
+            }
+            return Ok(Response::HelloOk {
+                protocol_version: PROTOCOL_VERSION,
+                node_id: node.node_id as u32,
+                cluster: node.cluster.clone(),
+                datacenter: node.datacenter.clone(),
+            });
         }
         if hello.cluster != node.cluster {
             return Err(error(
@@ -510,6 +609,9 @@ impl Connection {
                 .await
                 .err()
                 .unwrap_or_else(|| error(ErrorCode::Internal, "peer answer on a client path")),
+            Slot::Xdc(_) | Slot::XdcBatch(_) | Slot::Admin(_) => {
+                error(ErrorCode::Internal, "an xdc slot on a client path")
+            }
         }
     }
 

@@ -18,5 +18,6 @@ pub mod partition;
 pub mod server;
 pub mod shard;
 pub mod sync;
+pub mod xdc;
 
 pub use config::Config;

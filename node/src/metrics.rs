@@ -26,6 +26,14 @@ pub struct ShardCounters {
     pub hints_delivered: Cell<u64>,
     pub anti_entropy_repairs: Cell<u64>,
     pub handoff_records: Cell<u64>,
+    /// Records received from other datacenters and written here.
+    pub xdc_records_applied: Cell<u64>,
+    /// Records received from other datacenters that were not newer.
+    pub xdc_records_stale: Cell<u64>,
+    /// Received records that lost to a different datacenter's write.
+    pub xdc_conflicts: Cell<u64>,
+    /// Received records stamped further ahead than `xdc.max_clock_skew_ms`.
+    pub xdc_clock_skew_records: Cell<u64>,
 }
 
 impl ShardCounters {
@@ -51,6 +59,10 @@ impl ShardCounters {
             hints_delivered: self.hints_delivered.get(),
             anti_entropy_repairs: self.anti_entropy_repairs.get(),
             handoff_records: self.handoff_records.get(),
+            xdc_records_applied: self.xdc_records_applied.get(),
+            xdc_records_stale: self.xdc_records_stale.get(),
+            xdc_conflicts: self.xdc_conflicts.get(),
+            xdc_clock_skew_records: self.xdc_clock_skew_records.get(),
             ..ShardReport::default()
         }
     }
@@ -59,7 +71,7 @@ impl ShardCounters {
 /// Renders shard reports as Prometheus text.
 pub fn render_prometheus(reports: &[ShardReport]) -> String {
     type Field = fn(&ShardReport) -> u64;
-    let metrics: [(&str, &str, &str, Field); 21] = [
+    let metrics: [(&str, &str, &str, Field); 25] = [
         (
             "meridian_requests_total",
             "counter",
@@ -161,6 +173,30 @@ pub fn render_prometheus(reports: &[ShardReport]) -> String {
             "gauge",
             "Partition transfers pending in the ring the shard holds",
             |r| r.transfers_pending,
+        ),
+        (
+            "meridian_xdc_records_applied_total",
+            "counter",
+            "Records from other datacenters written here",
+            |r| r.xdc_records_applied,
+        ),
+        (
+            "meridian_xdc_records_stale_total",
+            "counter",
+            "Records from other datacenters that were not newer than what was held",
+            |r| r.xdc_records_stale,
+        ),
+        (
+            "meridian_xdc_conflicts_total",
+            "counter",
+            "Concurrent writes from two datacenters resolved here by last-writer-wins",
+            |r| r.xdc_conflicts,
+        ),
+        (
+            "meridian_xdc_clock_skew_records_total",
+            "counter",
+            "Received records stamped further ahead than xdc.max_clock_skew_ms",
+            |r| r.xdc_clock_skew_records,
         ),
         ("meridian_vnodes_open", "gauge", "Vnodes open", |r| {
             r.vnodes as u64

@@ -71,6 +71,7 @@ pub fn run(mut config: Config) -> Result<(), String> {
         (0..shards).map(|_| flume::bounded(INBOX_DEPTH)).unzip();
     let (ready_sender, ready) = std::sync::mpsc::channel::<Result<(), String>>();
     let drained = Arc::new(AtomicUsize::new(0));
+    let (xdc_control, xdc_inbox) = flume::bounded(64);
     let mut handles = Vec::new();
     for (index, inbox) in receivers.into_iter().enumerate() {
         let placement = if config.runtime.pin {
@@ -78,15 +79,19 @@ pub fn run(mut config: Config) -> Result<(), String> {
         } else {
             Placement::Unbound
         };
-        let (config, senders, shutdown) =
-            (Arc::clone(&config), senders.clone(), Arc::clone(&shutdown));
+        let (config, senders, shutdown, xdc_control) = (
+            Arc::clone(&config),
+            senders.clone(),
+            Arc::clone(&shutdown),
+            xdc_control.clone(),
+        );
         let (ready_sender, drained) = (ready_sender.clone(), Arc::clone(&drained));
         let builder = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))
             .io_memory(config.runtime.io_memory_bytes);
         let handle = builder
             .spawn(move || async move {
-                match Shard::new(index, config, senders, shutdown) {
+                match Shard::new(index, config, senders, shutdown, xdc_control) {
                     Ok(shard) => run_shard(Rc::new(shard), inbox, ready_sender, drained).await,
                     Err(reason) => {
                         let _ = ready_sender.send(Err(format!("shard {index}: {reason}")));
@@ -111,6 +116,31 @@ pub fn run(mut config: Config) -> Result<(), String> {
         }
     }
     drop(reservation);
+    // The XDC executor: on the core after the shards' when pinned and one
+    // is there, else wherever the kernel puts it (never on a shard's core
+    // by choice).
+    let xdc_placement = if config.runtime.pin {
+        let cpu = config.runtime.first_cpu + shards;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpu < cpus {
+            Placement::Fixed(cpu)
+        } else {
+            Placement::Unbound
+        }
+    } else {
+        Placement::Unbound
+    };
+    let xdc_handle = {
+        let (config, senders, shutdown) =
+            (Arc::clone(&config), senders.clone(), Arc::clone(&shutdown));
+        LocalExecutorBuilder::new(xdc_placement)
+            .name("xdc")
+            .io_memory(config.runtime.io_memory_bytes)
+            .spawn(move || crate::xdc::run(config, senders, xdc_inbox, shutdown))
+            .map_err(|e| format!("cannot start the xdc executor: {e}"))?
+    };
+    drop(senders);
+    drop(xdc_control);
     println!("meridian listening on {address}");
     if !config.node.metrics_listen.is_empty() {
         println!(
@@ -123,6 +153,7 @@ pub fn run(mut config: Config) -> Result<(), String> {
     for handle in handles {
         failed |= handle.join().is_err();
     }
+    failed |= xdc_handle.join().is_err();
     if failed {
         return Err("a shard panicked".to_string());
     }
@@ -334,6 +365,38 @@ async fn run_inbox(shard: Rc<Shard>, inbox: flume::Receiver<ShardCall>) {
             ShardCall::ClusterInfo { reply } => {
                 let _ = reply.send(crate::info::cluster_info_here(&shard));
             }
+            ShardCall::TailReads { reads, reply } => {
+                let _ = reply.send(shard.tail_reads(&reads));
+            }
+            ShardCall::MoveCursors {
+                name,
+                moves,
+                register,
+            } => shard.move_cursors(&name, &moves, register),
+            ShardCall::RemoveCursors { name } => shard.remove_cursors(&name),
+            ShardCall::CursorLags { positions, reply } => {
+                let _ = reply.send(shard.cursor_lags(&positions));
+            }
+            ShardCall::XdcApply { records, reply } => {
+                let shard = Rc::clone(&shard);
+                glommio::spawn_local(async move {
+                    let outcome = crate::xdc::receive::apply_records(&shard, &records)
+                        .await
+                        .map_err(|refusal| format!("{refusal:?}"));
+                    let _ = reply.send(outcome);
+                })
+                .detach();
+            }
+            ShardCall::ReadRecords {
+                partition,
+                keys,
+                reply,
+            } => {
+                let _ = reply.send(shard.read_records(partition, keys));
+            }
+            ShardCall::ShippedPartitions { reply } => {
+                let _ = reply.send(shard.shipped_partitions());
+            }
         }
     }
 }
@@ -380,7 +443,17 @@ pub async fn serve_metrics(shard: Rc<Shard>) {
         glommio::spawn_local(async move {
             let mut request = [0u8; 4096];
             let _ = stream.read(&mut request).await;
-            let body = crate::metrics::render_prometheus(&crate::info::gather_reports(&shard).await);
+            let mut body = crate::metrics::render_prometheus(&crate::info::gather_reports(&shard).await);
+            let (reply, links) = flume::bounded(1);
+            if shard
+                .xdc_control
+                .try_send(crate::xdc::Control::Metrics { reply })
+                .is_ok()
+            {
+                if let Ok(text) = links.recv_async().await {
+                    body.push_str(&text);
+                }
+            }
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()

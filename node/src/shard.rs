@@ -36,7 +36,9 @@ use crate::hlc::{origin, HybridClock};
 use crate::metrics::ShardCounters;
 use crate::partition::Partitioner;
 
+mod log_tail;
 mod replica;
+pub use log_tail::{CursorLag, TailAnswer, TailError, TailRead};
 pub use replica::{
     entry_kind, hint_key, parse_hint_key, PeerFailure, PeerOp, WRITE_APPLIED, WRITE_STALE,
 };
@@ -98,6 +100,42 @@ pub enum ShardCall {
     ClusterInfo {
         reply: flume::Sender<String>,
     },
+    /// XDC: the reads of a tick whose vnodes have records to give.
+    TailReads {
+        reads: Vec<TailRead>,
+        reply: flume::Sender<Vec<TailAnswer>>,
+    },
+    /// XDC: register (after a restart) or advance a link's cursors.
+    MoveCursors {
+        name: String,
+        moves: Vec<(u32, meridian_engine::LogPosition)>,
+        register: bool,
+    },
+    /// XDC: a link was disconnected; stop protecting its log.
+    RemoveCursors {
+        name: String,
+    },
+    /// XDC: how far a link's cursors are behind.
+    CursorLags {
+        positions: Vec<(u32, meridian_engine::LogPosition)>,
+        reply: flume::Sender<Vec<(u32, CursorLag)>>,
+    },
+    /// XDC: apply records fetched from another datacenter (fullsync),
+    /// through this shard's coordinator, keeping their versions.
+    XdcApply {
+        records: Vec<meridian_xdc::XdcRecord>,
+        reply: flume::Sender<Result<Vec<meridian_engine::Applied>, String>>,
+    },
+    /// XDC: the records of some keys of one vnode (fullsync).
+    ReadRecords {
+        partition: u32,
+        keys: Vec<Bytes>,
+        reply: flume::Sender<Result<Vec<meridian_xdc::XdcRecord>, String>>,
+    },
+    /// XDC: the partitions this node ships (asked of shard 0).
+    ShippedPartitions {
+        reply: flume::Sender<Vec<u32>>,
+    },
 }
 
 /// What a shard reports for STATS, NODEHEALTH and the metrics.
@@ -126,6 +164,10 @@ pub struct ShardReport {
     pub handoff_records: u64,
     pub ring_epoch: u64,
     pub transfers_pending: u64,
+    pub xdc_records_applied: u64,
+    pub xdc_records_stale: u64,
+    pub xdc_conflicts: u64,
+    pub xdc_clock_skew_records: u64,
     pub writes_refused: bool,
     /// (partition, XOR of its bucket digests) of every local vnode.
     pub partition_digests: Vec<(u32, u64)>,
@@ -140,6 +182,8 @@ pub struct Shard {
     pub counters: ShardCounters,
     /// The ring and the links to other members; `None` for a cluster of one.
     pub cluster: Option<crate::cluster::Cluster>,
+    /// The XDC executor's control inbox (operators' `xdc` commands).
+    pub xdc_control: flume::Sender<crate::xdc::Control>,
     stores: RefCell<HashMap<u32, Store, PartitionHash>>,
     /// Hints for down primaries (opened on first use).
     hints: RefCell<Option<Store>>,
@@ -221,12 +265,14 @@ impl Shard {
         config: Arc<Config>,
         inboxes: Vec<flume::Sender<ShardCall>>,
         shutdown: Arc<AtomicBool>,
+        xdc_control: flume::Sender<crate::xdc::Control>,
     ) -> Result<Shard, String> {
         let partitioner = Partitioner::new(config.storage.partitions, inboxes.len());
         let origin = origin(config.node.datacenter_id, config.node.node_id, index as u8);
         let cluster = crate::cluster::Cluster::build(&config)?;
         Ok(Shard {
             cluster,
+            xdc_control,
             index,
             partitioner,
             inboxes,
@@ -269,6 +315,7 @@ impl Shard {
             durability: self.config.engine_durability(),
             compaction_dead_fraction: self.config.storage.compaction_dead_fraction,
             tombstone_grace_s: self.config.storage.tombstone_grace_s,
+            cursor_retention_bytes: self.config.xdc.retention_bytes,
             ..Options::default()
         }
     }

@@ -543,3 +543,7 @@ pub mod raw;
 pub mod load;
 
 pub mod cluster;
+
+pub mod proxy;
+
+pub mod xdc;

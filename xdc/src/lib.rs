@@ -23,6 +23,8 @@ pub mod batcher;
 pub mod cursor_file;
 mod error;
 pub mod format;
+pub mod fullsync;
+pub mod handshake;
 pub mod receiver;
 pub mod shipper;
 
@@ -30,9 +32,12 @@ pub use batcher::{datacenter_of, Batcher, BatcherConfig, Due, LinkConfig, Offere
 pub use cursor_file::{CursorFile, CursorState};
 pub use error::{Error, Result};
 pub use format::{Ack, Batch, BatchLimits, Compression, XdcRecord};
+pub use handshake::{Introduction, Side};
 pub use receiver::{
-    Apply, ClockSkew, ReceiveError, Received, Receiver, ReceiverConfig, ReceiverStats,
+    Apply, ClockSkew, Opened, OpenedBatch, ReceiveError, Received, Receiver, ReceiverConfig,
+    ReceiverStats,
 };
 pub use shipper::{
-    AckOutcome, Lag, LogSource, OutgoingBatch, Shipper, ShipperConfig, ShipperStats,
+    AckOutcome, Closed, Lag, LogSource, OutgoingBatch, ReadRequest, Shipper, ShipperConfig,
+    ShipperStats,
 };

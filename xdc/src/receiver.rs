@@ -108,6 +108,24 @@ pub struct Received {
     pub clock_skew: Option<ClockSkew>,
 }
 
+/// What [`Receiver::open`] found.
+#[derive(Debug)]
+pub enum Opened {
+    /// Applied before: acknowledge again, apply nothing.
+    Duplicate(Received),
+    /// Records to apply, then [`Receiver::close`].
+    Fresh(OpenedBatch),
+}
+
+/// A decoded batch waiting to be applied.
+#[derive(Debug)]
+pub struct OpenedBatch {
+    key: (u64, u64),
+    pub sequence: u64,
+    pub link_id: u32,
+    pub records: Vec<XdcRecord>,
+}
+
 /// Totals since the receiver started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReceiverStats {
@@ -184,21 +202,51 @@ impl Receiver {
         self.stats
     }
 
+    /// The link this receiver serves.
+    pub fn link_id(&self) -> u32 {
+        self.config.link_id
+    }
+
     /// Decodes, applies and acknowledges one BATCH body; `now_ms` is the
-    /// local clock (Unix ms), used only to report skew.
+    /// local clock (Unix ms), used only to report skew. For a target that
+    /// applies synchronously; a server that applies through an
+    /// asynchronous coordinator calls [`Receiver::open`], applies the
+    /// records itself, then [`Receiver::close`], which is what this does.
     pub fn receive<A: Apply>(
         &mut self,
         body: &[u8],
         now_ms: u64,
         target: &mut A,
     ) -> Result<Received, ReceiveError<A::Error>> {
-        let header =
-            decode_batch_header(body, &self.config.limits).map_err(ReceiveError::Decode)?;
+        let batch = match self.open(body).map_err(ReceiveError::Decode)? {
+            Opened::Duplicate(received) => return Ok(received),
+            Opened::Fresh(batch) => batch,
+        };
+        let mut outcomes = Vec::with_capacity(batch.records.len());
+        for (index, record) in batch.records.iter().enumerate() {
+            match target.apply(record) {
+                Ok(applied) => outcomes.push(applied),
+                Err(source) => {
+                    return Err(ReceiveError::Apply {
+                        sequence: batch.sequence,
+                        index: index as u32,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(self.close(&batch, &outcomes, now_ms))
+    }
+
+    /// Decodes a BATCH body: a batch already applied is acknowledged again
+    /// (`Duplicate`, nothing to apply); otherwise the records to apply.
+    pub fn open(&mut self, body: &[u8]) -> Result<Opened, Error> {
+        let header = decode_batch_header(body, &self.config.limits)?;
         if header.link_id != self.config.link_id {
-            return Err(ReceiveError::Decode(Error::WrongLink {
+            return Err(Error::WrongLink {
                 expected: self.config.link_id,
                 found: header.link_id,
-            }));
+            });
         }
         let key = (header.sequence, header.checksum);
         if let Some(first) = self.applied.get(&key) {
@@ -207,14 +255,31 @@ impl Receiver {
                 duplicate: true,
                 ..*first
             };
-            return Ok(Received {
+            return Ok(Opened::Duplicate(Received {
                 ack,
                 ack_body: encode_ack(&ack),
                 conflicts: 0,
                 clock_skew: None,
-            });
+            }));
         }
-        let batch = decode_batch(body, &self.config.limits).map_err(ReceiveError::Decode)?;
+        let batch = decode_batch(body, &self.config.limits)?;
+        Ok(Opened::Fresh(OpenedBatch {
+            key,
+            sequence: batch.sequence,
+            link_id: batch.link_id,
+            records: batch.records,
+        }))
+    }
+
+    /// Acknowledges a batch from [`Receiver::open`] once every record was
+    /// applied with `outcomes[i]` (one per record, in order): counts
+    /// conflicts and clock skew, remembers the batch, builds the ACK.
+    pub fn close(&mut self, batch: &OpenedBatch, outcomes: &[Applied], now_ms: u64) -> Received {
+        assert_eq!(
+            outcomes.len(),
+            batch.records.len(),
+            "one outcome per record"
+        );
         let mut ack = Ack {
             link_id: batch.link_id,
             sequence: batch.sequence,
@@ -224,23 +289,16 @@ impl Receiver {
         };
         let mut conflicts = 0u32;
         let mut clock_skew: Option<ClockSkew> = None;
-        for (index, record) in batch.records.iter().enumerate() {
-            match target.apply(record) {
-                Ok(Applied::Written) => ack.applied += 1,
-                Ok(Applied::Stale { current }) => {
+        for (record, outcome) in batch.records.iter().zip(outcomes) {
+            match *outcome {
+                Applied::Written => ack.applied += 1,
+                Applied::Stale { current } => {
                     ack.stale += 1;
                     if current != record.version
                         && datacenter_of(current.origin) != datacenter_of(record.version.origin)
                     {
                         conflicts += 1;
                     }
-                }
-                Err(source) => {
-                    return Err(ReceiveError::Apply {
-                        sequence: batch.sequence,
-                        index: index as u32,
-                        source,
-                    })
                 }
             }
             let ahead_ms = hlc_ms(record.version.hlc).saturating_sub(now_ms);
@@ -257,19 +315,18 @@ impl Receiver {
                 }
             }
         }
-        assert_eq!((ack.applied + ack.stale) as usize, batch.records.len());
-        self.remember(key, ack);
+        self.remember(batch.key, ack);
         self.stats.batches_applied += 1;
         self.stats.records_applied += ack.applied as u64;
         self.stats.records_stale += ack.stale as u64;
         self.stats.conflicts += conflicts as u64;
         self.stats.clock_skew_records += clock_skew.map_or(0, |skew| skew.records as u64);
-        Ok(Received {
+        Received {
             ack,
             ack_body: encode_ack(&ack),
             conflicts,
             clock_skew,
-        })
+        }
     }
 
     /// Remembers an applied batch, forgetting the lowest sequence beyond

@@ -100,6 +100,26 @@ pub struct OutgoingBatch {
     pub end: LogPosition,
 }
 
+/// A log read a shipper asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadRequest {
+    pub from: LogPosition,
+    pub max_records: usize,
+    pub max_bytes: usize,
+}
+
+/// What [`Shipper::take_due`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// A batch to send.
+    Batch(OutgoingBatch),
+    /// The batch held only records this link does not ship: its end was
+    /// folded into the previous batch (or acknowledged at once).
+    Folded,
+    /// Nothing due yet (or the window is full).
+    NotYet,
+}
+
 /// What an ACK did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AckOutcome {
@@ -247,7 +267,10 @@ impl Shipper {
     }
 
     /// Reads the log into the batch being built and returns the next batch
-    /// to send, if one is due and the window has room.
+    /// to send, if one is due and the window has room. For a log the
+    /// caller can read synchronously; a server whose log lives on another
+    /// core drives [`Shipper::read_request`], [`Shipper::feed`] and
+    /// [`Shipper::take_due`] itself, which is what this does.
     pub fn pump(&mut self, log: &impl LogSource, now_ms: u64) -> Result<Option<OutgoingBatch>> {
         let end = log.written_position();
         // Each turn either reads records, closes a filtered-only batch or
@@ -256,30 +279,65 @@ impl Shipper {
             if !self.window_open() {
                 return Ok(None);
             }
-            if !self.batcher.is_full() && self.read_from < end {
-                self.read_some(log, now_ms)?;
-                continue;
-            }
-            match self.batcher.poll(now_ms) {
-                Due::Idle | Due::At(_) => return Ok(None),
-                Due::Now => {
-                    if let Some(batch) = self.close_batch()? {
-                        return Ok(Some(batch));
-                    }
+            if let Some(request) = self.read_request() {
+                if self.read_from < end {
+                    let batch =
+                        log.read_log(request.from, request.max_records, request.max_bytes)?;
+                    self.feed(request.from, &batch, now_ms)?;
+                    continue;
                 }
+            }
+            match self.take_due(now_ms)? {
+                Closed::Batch(batch) => return Ok(Some(batch)),
+                Closed::Folded => continue,
+                Closed::NotYet => return Ok(None),
             }
         }
     }
 
-    fn read_some(&mut self, log: &impl LogSource, now_ms: u64) -> Result<()> {
+    /// The log read the shipper wants next, if the window has room and the
+    /// batch being built is not full. The caller reads from `from` (in
+    /// whatever way its log allows) and passes the result to
+    /// [`Shipper::feed`]; when the log holds nothing past `from`, it skips
+    /// the read.
+    pub fn read_request(&self) -> Option<ReadRequest> {
+        if !self.window_open() || self.batcher.is_full() {
+            return None;
+        }
         let config = self.batcher.config();
-        let records_room = config.batch_records_max - self.batcher.len();
-        let bytes_room = config
-            .batch_bytes_max
-            .saturating_sub(self.batcher.bytes())
-            .max(1);
-        let batch = log.read_log(self.read_from, records_room, bytes_room)?;
-        assert!(batch.records.len() <= records_room);
+        Some(ReadRequest {
+            from: self.read_from,
+            max_records: config.batch_records_max - self.batcher.len(),
+            max_bytes: config
+                .batch_bytes_max
+                .saturating_sub(self.batcher.bytes())
+                .max(1),
+        })
+    }
+
+    /// Offers the records of a log read made for [`Shipper::read_request`]
+    /// to the batch being built. `from` is the position the read started
+    /// at; a read from another position than the current read position (a
+    /// stale answer that crossed a rewind) is ignored, as is one that
+    /// arrives when the window closed.
+    pub fn feed(&mut self, from: LogPosition, batch: &LogBatch, now_ms: u64) -> Result<()> {
+        let Some(request) = self.read_request() else {
+            return Ok(());
+        };
+        if from != request.from {
+            return Ok(());
+        }
+        if batch.records.len() > request.max_records {
+            return Err(Error::Corrupt {
+                what: "log read",
+                offset: request.from.offset as u64,
+                reason: format!(
+                    "{} records returned for a read of at most {}",
+                    batch.records.len(),
+                    request.max_records
+                ),
+            });
+        }
         let count = batch.records.len();
         for (index, record) in batch.records.iter().enumerate() {
             let end = match batch.records.get(index + 1) {
@@ -299,6 +357,21 @@ impl Shipper {
         }
         self.read_from = batch.next;
         Ok(())
+    }
+
+    /// Closes the batch being built if it is due (full, or its delay
+    /// passed) and the window has room.
+    pub fn take_due(&mut self, now_ms: u64) -> Result<Closed> {
+        if !self.window_open() {
+            return Ok(Closed::NotYet);
+        }
+        match self.batcher.poll(now_ms) {
+            Due::Idle | Due::At(_) => Ok(Closed::NotYet),
+            Due::Now => Ok(match self.close_batch()? {
+                Some(batch) => Closed::Batch(batch),
+                None => Closed::Folded,
+            }),
+        }
     }
 
     /// Closes the batch being built: numbers, encodes and records it as in
@@ -391,6 +464,16 @@ impl Shipper {
         self.batcher.clear();
         self.read_from = self.acknowledged;
         self.stats.rewinds += 1;
+    }
+
+    /// Records and bytes sent and not yet acknowledged.
+    pub fn lag_in_flight(&self) -> (u64, u64) {
+        self.in_flight
+            .iter()
+            .filter(|batch| !batch.acknowledged)
+            .fold((0, 0), |(records, bytes), batch| {
+                (records + batch.records, bytes + batch.bytes)
+            })
     }
 
     /// Lag figures; reads one record of the log (the first unacknowledged).

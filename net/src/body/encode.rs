@@ -176,6 +176,7 @@ impl Encode for Request {
             | Request::ClusterInfo
             | Request::NodeHealth
             | Request::Stats => 0,
+            Request::Admin { command } => 4 + command.len() as u64,
         })
     }
 
@@ -234,6 +235,7 @@ impl Encode for Request {
             | Request::ClusterInfo
             | Request::NodeHealth
             | Request::Stats => {}
+            Request::Admin { command } => put_text(buf, command),
         }
     }
 }

@@ -168,6 +168,9 @@ impl Request {
             Opcode::CLUSTERINFO => Request::ClusterInfo,
             Opcode::NODEHEALTH => Request::NodeHealth,
             Opcode::STATS => Request::Stats,
+            Opcode::ADMIN => Request::Admin {
+                command: reader.text("admin command")?,
+            },
             _ => return Err(DecodeError::UnknownOpcode { opcode: opcode.0 }),
         };
         reader.finish(opcode)?;

@@ -14,14 +14,23 @@
 //!   dropped).
 //! - When the connection breaks, every waiting request fails at once with
 //!   `ConnectionClosed`, the tasks end, and the next request connects again
-//!   (HELLO first) with bounded backoff. Reads are retried once; writes are
-//!   not.
+//!   (HELLO first) with bounded backoff, in the order
+//!   [`Failover::connect_order`] gives (current datacenter first, then the
+//!   others by preference). Reads are retried once; writes are not.
+//! - Failback runs in a spawned task, so no caller waits for it: off the
+//!   preferred datacenter, a request at least `failback_interval` after the
+//!   last probe spawns one. If a preferred datacenter answers, its
+//!   connection replaces the current one; requests already in flight finish
+//!   on the old connection, which closes when the last of them lets go.
+//! - Lock order: the connection slot (tokio mutex), then the failover state
+//!   (std mutex, never held across an `.await`). The failover state names
+//!   the datacenter of the connection in the slot.
 //! - Dropping the last handle aborts the connection's tasks.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::core::{self, Backoff, ClientConfig, ServerHello};
+use super::failover::{ConnectFailure, Failover, Target};
 use super::ClientError;
 use crate::codec::{Decoder, Encoder};
 use crate::message::{Request, Response, Version, VersionedValue};
@@ -83,6 +93,7 @@ impl Drop for Connection {
 
 struct Inner {
     config: ClientConfig,
+    failover: Mutex<Failover>,
     encoder: Encoder,
     next_request_id: AtomicU32,
     connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
@@ -98,15 +109,18 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("config", &self.inner.config)
+            .field("datacenter", &self.current_datacenter())
             .finish_non_exhaustive()
     }
 }
 
 impl Client {
-    /// Connects (HELLO included) to the first address that answers.
+    /// Connects (HELLO included) to the first address that answers, in
+    /// datacenter preference order.
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let client = Client {
             inner: Arc::new(Inner {
+                failover: Mutex::new(Failover::new(&config)?),
                 encoder: Encoder::new(config.limits),
                 config,
                 next_request_id: AtomicU32::new(1),
@@ -123,6 +137,20 @@ impl Client {
         guard.as_ref().map(|connection| connection.server.clone())
     }
 
+    /// The name of the datacenter the client talks to (while disconnected,
+    /// the one it talked to last).
+    pub fn current_datacenter(&self) -> String {
+        self.failover().current_name().to_owned()
+    }
+
+    fn failover(&self) -> std::sync::MutexGuard<'_, Failover> {
+        // Every update of the state is one call: a panic leaves it whole.
+        self.inner
+            .failover
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn take_request_id(&self) -> u32 {
         loop {
             let id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
@@ -133,6 +161,7 @@ impl Client {
     }
 
     async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
+        self.fail_back_if_due();
         let mut guard = self.inner.connection.lock().await;
         if let Some(connection) = guard.as_ref() {
             if !connection.shared.closed.load(Ordering::Acquire) {
@@ -140,35 +169,72 @@ impl Client {
             }
         }
         *guard = None;
-        let connection = Arc::new(self.connect_with_backoff().await?);
+        let (datacenter, connection) = self.connect_with_backoff().await?;
+        let connection = Arc::new(connection);
         *guard = Some(Arc::clone(&connection));
+        self.failover().connected(datacenter, Instant::now());
         Ok(connection)
     }
 
-    async fn connect_with_backoff(&self) -> Result<Connection, ClientError> {
-        let config = &self.inner.config;
-        let mut backoff = Backoff::new(config);
+    async fn connect_with_backoff(&self) -> Result<(usize, Connection), ClientError> {
+        let mut backoff = Backoff::new(&self.inner.config);
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let mut last_error = String::new();
-            for address in &config.addresses {
-                match self.connect_one(address).await {
-                    Ok(connection) => return Ok(connection),
+            let order = self.failover().connect_order();
+            let mut failures = Vec::with_capacity(order.len());
+            for Target {
+                datacenter,
+                address,
+            } in order
+            {
+                match self.connect_one(&address).await {
+                    Ok(connection) => return Ok((datacenter, connection)),
                     Err(error @ ClientError::HelloRefused { .. }) => return Err(error),
-                    Err(error) => last_error = error.to_string(),
+                    Err(error) => failures.push(ConnectFailure {
+                        datacenter: self.failover().name(datacenter).to_owned(),
+                        address,
+                        reason: error.to_string(),
+                    }),
                 }
             }
+            assert!(
+                !failures.is_empty(),
+                "a connect round tries at least one address"
+            );
             match backoff.next_attempt() {
                 Some(wait) => tokio::time::sleep(wait).await,
-                None => {
-                    return Err(ClientError::Connect {
-                        addresses: config.addresses.clone(),
-                        attempts,
-                        last_error,
-                    })
-                }
+                None => return Err(ClientError::Connect { attempts, failures }),
             }
+        }
+    }
+
+    /// Off the preferred datacenter, once per `failback_interval`: spawns a
+    /// task that tries the preferred datacenters (see [`Client::fail_back`]).
+    fn fail_back_if_due(&self) {
+        let Some(targets) = self.failover().take_failback(Instant::now()) else {
+            return;
+        };
+        let client = self.clone();
+        tokio::spawn(async move { client.fail_back(targets).await });
+    }
+
+    /// Connects to the first of `targets` that answers and, if its
+    /// datacenter is still preferred over the current one, makes its
+    /// connection the client's. A failed probe changes nothing. Bounded:
+    /// one connect and one HELLO per target, each with its timeout.
+    async fn fail_back(&self, targets: Vec<Target>) {
+        for target in targets {
+            let Ok(connection) = self.connect_one(&target.address).await else {
+                continue;
+            };
+            let mut slot = self.inner.connection.lock().await;
+            let mut failover = self.failover();
+            if target.datacenter < failover.current() {
+                *slot = Some(Arc::new(connection));
+                failover.connected(target.datacenter, Instant::now());
+            }
+            return;
         }
     }
 
@@ -411,5 +477,123 @@ async fn write_loop(
             return shared.close();
         }
         batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Goal: the async client fails over and back like the blocking one.
+    //! Method: fake datacenters on loopback (`super::super::fake`), a
+    //! failback interval of zero; the spawned failback is awaited by a
+    //! bounded poll of `current_datacenter`.
+
+    use std::time::Duration;
+
+    use super::super::fake::FakeDatacenter;
+    use super::*;
+
+    fn config(datacenters: &[&FakeDatacenter]) -> ClientConfig {
+        ClientConfig {
+            request_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_millis(500),
+            reconnect_attempts_max: 2,
+            reconnect_backoff_initial: Duration::from_millis(1),
+            failback_interval: Duration::ZERO,
+            ..ClientConfig::with_datacenters(
+                datacenters
+                    .iter()
+                    .map(|fake| (fake.name.clone(), vec![fake.address.clone()])),
+            )
+        }
+    }
+
+    /// Pings until the client is on `name`; whether it got there in 5 s.
+    async fn ping_until_on(client: &Client, name: &str) -> bool {
+        for _ in 0..500 {
+            client.ping().await.expect("ping");
+            if client.current_datacenter() == name {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fails_over_when_the_preferred_is_down_and_back_when_it_returns() {
+        let mut east = FakeDatacenter::start("east");
+        let west = FakeDatacenter::start("west");
+        let client = Client::connect(config(&[&east, &west]))
+            .await
+            .expect("connect");
+        assert_eq!(client.current_datacenter(), "east");
+
+        east.stop();
+        for _ in 0..3 {
+            client.ping().await.expect("a read goes on to west");
+            assert_eq!(client.current_datacenter(), "west");
+        }
+        client.put(b"k", b"v").await.expect("a write on west");
+        let server = client.server().await.expect("connected");
+        assert_eq!(server.datacenter, "west");
+
+        east.restart();
+        assert!(ping_until_on(&client, "east").await, "never back on east");
+        let server = client.server().await.expect("connected");
+        assert_eq!(server.datacenter, "east");
+        assert_eq!(east.hellos(), 1, "one successful probe");
+    }
+
+    #[tokio::test]
+    async fn a_write_cut_off_is_not_retried_and_the_next_request_fails_over() {
+        let east = FakeDatacenter::start("east");
+        let west = FakeDatacenter::start("west");
+        let client = Client::connect(config(&[&east, &west]))
+            .await
+            .expect("connect");
+        east.die_on_next_request();
+        let error = client.put(b"k", b"v").await.expect_err("east died");
+        assert!(error.is_connection_lost(), "{error}");
+        assert_eq!(west.requests(), 0, "the write was not sent again");
+
+        client
+            .delete(b"k")
+            .await
+            .expect("the next write goes to west");
+        assert_eq!(client.current_datacenter(), "west");
+        assert_eq!(west.requests(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_read_cut_off_is_retried_on_the_next_datacenter() {
+        let east = FakeDatacenter::start("east");
+        let west = FakeDatacenter::start("west");
+        let client = Client::connect(config(&[&east, &west]))
+            .await
+            .expect("connect");
+        east.die_on_next_request();
+        assert_eq!(client.get(b"k").await.expect("retried on west"), None);
+        assert_eq!(client.current_datacenter(), "west");
+        assert_eq!((east.requests(), west.requests()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn when_every_datacenter_is_down_the_error_names_each_address() {
+        let mut east = FakeDatacenter::start("east");
+        let mut west = FakeDatacenter::start("west");
+        let config = config(&[&east, &west]);
+        east.stop();
+        west.stop();
+        let error = Client::connect(config).await.expect_err("nothing listens");
+        let ClientError::Connect { failures, .. } = &error else {
+            panic!("expected a Connect error, got {error:?}");
+        };
+        let tried: Vec<&str> = failures.iter().map(|f| f.datacenter.as_str()).collect();
+        assert_eq!(tried, ["east", "west"]);
+        let text = error.to_string();
+        assert!(
+            text.contains(&east.address) && text.contains(&west.address),
+            "{text}"
+        );
     }
 }

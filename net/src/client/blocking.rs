@@ -15,10 +15,19 @@
 //!   `request_timeout` from its send.
 //! - A response whose id is not in flight (late, after a timeout) is dropped.
 //! - Any I/O or decode failure drops the connection and forgets every request
-//!   in flight; the next send connects again (HELLO first), with backoff.
+//!   in flight; the next send connects again (HELLO first), with backoff,
+//!   in the order [`Failover::connect_order`] gives (current datacenter
+//!   first, then the others by preference).
 //! - Typed reads (GET, MGET, PING, info) are retried once on a new connection
 //!   if the old one broke; writes are not, so a write is never applied twice
 //!   by this client.
+//! - A failback (moving to a preferred datacenter that answers again) only
+//!   replaces the connection when nothing is in flight or buffered, so no
+//!   request is lost to it; it is tried before a send, at most once per
+//!   `failback_interval`, and costs that send at most one connect per
+//!   preferred address.
+//! - `failover.current()` is the datacenter of the connection, or of the
+//!   last one while disconnected.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -28,6 +37,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::core::{self, Backoff, ClientConfig, ServerHello};
+use super::failover::{ConnectFailure, Failover, Target};
 use super::ClientError;
 use crate::codec::{Decoder, Encoder, Frame};
 use crate::message::{Opcode, Request, Response, Version, VersionedValue};
@@ -46,6 +56,7 @@ struct Connection {
 /// A blocking, pipelining client of one server at a time.
 pub struct Client {
     config: ClientConfig,
+    failover: Failover,
     encoder: Encoder,
     decoder: Decoder,
     connection: Option<Connection>,
@@ -62,15 +73,18 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("config", &self.config)
             .field("connected", &self.connection.is_some())
+            .field("datacenter", &self.current_datacenter())
             .field("in_flight", &self.in_flight.len())
             .finish_non_exhaustive()
     }
 }
 
 impl Client {
-    /// Connects (HELLO included) to the first address that answers.
+    /// Connects (HELLO included) to the first address that answers, in
+    /// datacenter preference order.
     pub fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let mut client = Client {
+            failover: Failover::new(&config)?,
             encoder: Encoder::new(config.limits),
             decoder: Decoder::new(config.limits),
             config,
@@ -89,6 +103,12 @@ impl Client {
         self.connection
             .as_ref()
             .map(|connection| &connection.server)
+    }
+
+    /// The name of the datacenter the client talks to (while disconnected,
+    /// the one it talked to last).
+    pub fn current_datacenter(&self) -> &str {
+        self.failover.current_name()
     }
 
     /// Requests sent and not yet received.
@@ -116,6 +136,7 @@ impl Client {
                 in_flight_max: self.config.in_flight_max,
             });
         }
+        self.fail_back_if_due();
         self.ensure_connected()?;
         let request_id = self.take_request_id();
         encode(&self.encoder, request_id, &mut self.write_buf)?;
@@ -270,38 +291,70 @@ impl Client {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let last_error = match self.connect_round() {
-                Ok(connection) => {
+            let failures = match self.connect_round()? {
+                Ok((datacenter, connection)) => {
                     self.connection = Some(connection);
+                    self.failover.connected(datacenter, Instant::now());
                     return Ok(());
                 }
-                Err(error @ ClientError::HelloRefused { .. }) => return Err(error),
-                Err(error) => error.to_string(),
+                Err(failures) => failures,
             };
             match backoff.next_attempt() {
                 Some(wait) => std::thread::sleep(wait),
-                None => {
-                    return Err(ClientError::Connect {
-                        addresses: self.config.addresses.clone(),
-                        attempts,
-                        last_error,
-                    })
-                }
+                None => return Err(ClientError::Connect { attempts, failures }),
             }
         }
     }
 
-    /// One pass over every address; the first that takes a HELLO wins.
-    fn connect_round(&mut self) -> Result<Connection, ClientError> {
-        let mut last_error = ClientError::ConnectionClosed;
-        for address in self.config.addresses.clone() {
+    /// One pass over every address in failover order: `Ok(Ok(_))` with the
+    /// first that takes a HELLO and its datacenter, `Ok(Err(_))` with every
+    /// address's failure, `Err(_)` for a HELLO refusal (ends the connect).
+    fn connect_round(
+        &mut self,
+    ) -> Result<Result<(usize, Connection), Vec<ConnectFailure>>, ClientError> {
+        let order = self.failover.connect_order();
+        let mut failures = Vec::with_capacity(order.len());
+        for Target {
+            datacenter,
+            address,
+        } in order
+        {
             match self.connect_one(&address) {
-                Ok(connection) => return Ok(connection),
+                Ok(connection) => return Ok(Ok((datacenter, connection))),
                 Err(error @ ClientError::HelloRefused { .. }) => return Err(error),
-                Err(error) => last_error = error,
+                Err(error) => failures.push(ConnectFailure {
+                    datacenter: self.failover.name(datacenter).to_owned(),
+                    address,
+                    reason: error.to_string(),
+                }),
             }
         }
-        Err(last_error)
+        assert!(
+            !failures.is_empty(),
+            "a connect round tries at least one address"
+        );
+        Ok(Err(failures))
+    }
+
+    /// Off the preferred datacenter, once per `failback_interval` and only
+    /// with nothing in flight: connects to the first preferred datacenter
+    /// that answers and makes it current. A failed probe changes nothing.
+    fn fail_back_if_due(&mut self) {
+        let idle = self.in_flight() == 0 && self.write_buf.is_empty();
+        if !idle {
+            return;
+        }
+        let Some(targets) = self.failover.take_failback(Instant::now()) else {
+            return;
+        };
+        for target in targets {
+            assert!(target.datacenter < self.failover.current());
+            if let Ok(connection) = self.connect_one(&target.address) {
+                self.connection = Some(connection);
+                self.failover.connected(target.datacenter, Instant::now());
+                return;
+            }
+        }
     }
 
     fn connect_one(&mut self, address: &str) -> Result<Connection, ClientError> {
@@ -438,6 +491,13 @@ impl Client {
     pub fn stats(&mut self) -> Result<String, ClientError> {
         core::into_info(self.call(&Request::Stats)?)
     }
+
+    /// Runs an operator's command (`xdc status`, …); the answer as JSON.
+    pub fn admin(&mut self, command: &str) -> Result<String, ClientError> {
+        core::into_info(self.call(&Request::Admin {
+            command: command.to_string(),
+        })?)
+    }
 }
 
 /// Reads what the socket has, waiting at most `wait`; `Ok(false)` at EOF.
@@ -463,4 +523,177 @@ fn is_timeout(error: &std::io::Error) -> bool {
             | std::io::ErrorKind::TimedOut
             | std::io::ErrorKind::Interrupted
     )
+}
+
+#[cfg(test)]
+mod tests {
+    //! Goal: the blocking client's failover keeps its promises. Method: two
+    //! or three fake datacenters on loopback (`super::super::fake`) that are
+    //! stopped, restarted on their address, or die on a request; a failback
+    //! interval of zero makes every idle send probe, so no test waits.
+
+    use std::time::Duration;
+
+    use super::super::fake::FakeDatacenter;
+    use super::*;
+
+    fn config(datacenters: &[&FakeDatacenter]) -> ClientConfig {
+        ClientConfig {
+            request_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_millis(500),
+            reconnect_attempts_max: 2,
+            reconnect_backoff_initial: Duration::from_millis(1),
+            failback_interval: Duration::ZERO,
+            ..ClientConfig::with_datacenters(
+                datacenters
+                    .iter()
+                    .map(|fake| (fake.name.clone(), vec![fake.address.clone()])),
+            )
+        }
+    }
+
+    fn dead_address() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").to_string()
+    }
+
+    #[test]
+    fn fails_over_when_the_preferred_is_down_and_back_when_it_returns() {
+        let mut east = FakeDatacenter::start("east");
+        let west = FakeDatacenter::start("west");
+        let mut client = Client::connect(config(&[&east, &west])).expect("connect");
+        assert_eq!(client.current_datacenter(), "east");
+        client.ping().expect("ping east");
+
+        east.stop();
+        for _ in 0..3 {
+            client.ping().expect("a read goes on to west");
+            assert_eq!(client.current_datacenter(), "west");
+        }
+        client.put(b"k", b"v").expect("a write on west");
+        assert_eq!(
+            client.server().map(|hello| hello.datacenter.as_str()),
+            Some("west")
+        );
+
+        east.restart();
+        assert_eq!(east.hellos(), 0);
+        client.ping().expect("ping after failback");
+        assert_eq!(client.current_datacenter(), "east");
+        assert_eq!(east.hellos(), 1);
+        assert_eq!(east.requests(), 1, "the ping went to east");
+    }
+
+    #[test]
+    fn a_write_cut_off_is_not_retried_and_the_next_request_fails_over() {
+        let east = FakeDatacenter::start("east");
+        let west = FakeDatacenter::start("west");
+        let mut client = Client::connect(config(&[&east, &west])).expect("connect");
+        east.die_on_next_request();
+        let error = client
+            .put(b"k", b"v")
+            .expect_err("east died with the write");
+        assert!(error.is_connection_lost(), "{error}");
+        assert_eq!(west.requests(), 0, "the write was not sent again");
+        assert_eq!(east.requests(), 1);
+
+        client.delete(b"k").expect("the next write goes to west");
+        assert_eq!(client.current_datacenter(), "west");
+        assert_eq!(west.requests(), 1);
+    }
+
+    #[test]
+    fn a_read_cut_off_is_retried_on_the_next_datacenter() {
+        let east = FakeDatacenter::start("east");
+        let west = FakeDatacenter::start("west");
+        let mut client = Client::connect(config(&[&east, &west])).expect("connect");
+        east.die_on_next_request();
+        assert_eq!(client.get(b"k").expect("retried on west"), None);
+        assert_eq!(client.current_datacenter(), "west");
+        assert_eq!((east.requests(), west.requests()), (1, 1));
+    }
+
+    #[test]
+    fn other_addresses_of_a_datacenter_come_before_the_next_datacenter() {
+        let east = FakeDatacenter::start("east");
+        let west = FakeDatacenter::start("west");
+        let config = ClientConfig {
+            ..ClientConfig::with_datacenters([
+                ("east", vec![dead_address(), east.address.clone()]),
+                ("west", vec![west.address.clone()]),
+            ])
+        };
+        let mut client = Client::connect(config).expect("connect");
+        client.ping().expect("ping");
+        assert_eq!(client.current_datacenter(), "east");
+        assert_eq!((east.requests(), west.hellos()), (1, 0));
+    }
+
+    #[test]
+    fn failback_waits_for_requests_in_flight() {
+        let mut east = FakeDatacenter::start("east");
+        let west = FakeDatacenter::start("west");
+        let mut client = Client::connect(config(&[&east, &west])).expect("connect");
+        east.stop();
+        client.ping().expect("ping, moving to west");
+        let first = client.send(&Request::Ping).expect("send on west");
+        assert_eq!(client.current_datacenter(), "west");
+        east.restart();
+        let second = client
+            .send(&Request::Ping)
+            .expect("send with one in flight");
+        assert_eq!(
+            client.current_datacenter(),
+            "west",
+            "no failback mid-flight"
+        );
+        assert_eq!(east.hellos(), 0);
+        for id in [second, first] {
+            assert_eq!(client.recv(id).expect("recv on west"), Response::Pong);
+        }
+        client.ping().expect("ping, now idle");
+        assert_eq!(client.current_datacenter(), "east");
+    }
+
+    #[test]
+    fn when_every_datacenter_is_down_the_error_names_each_address() {
+        let (east_1, east_2, west_1) = (dead_address(), dead_address(), dead_address());
+        let config = ClientConfig {
+            reconnect_attempts_max: 2,
+            reconnect_backoff_initial: Duration::from_millis(1),
+            ..ClientConfig::with_datacenters([
+                ("east", vec![east_1.clone(), east_2.clone()]),
+                ("west", vec![west_1.clone()]),
+            ])
+        };
+        let error = Client::connect(config).expect_err("nothing listens");
+        let ClientError::Connect { attempts, failures } = &error else {
+            panic!("expected a Connect error, got {error:?}");
+        };
+        assert_eq!(*attempts, 2);
+        let tried: Vec<(&str, &str)> = failures
+            .iter()
+            .map(|failure| (failure.datacenter.as_str(), failure.address.as_str()))
+            .collect();
+        assert_eq!(
+            tried,
+            [
+                ("east", east_1.as_str()),
+                ("east", east_2.as_str()),
+                ("west", west_1.as_str())
+            ]
+        );
+        let text = error.to_string();
+        for address in [&east_1, &east_2, &west_1] {
+            assert!(text.contains(address.as_str()), "{text}");
+        }
+        assert!(text.to_lowercase().contains("refused"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_datacenter_list_is_refused_before_connecting() {
+        let config = ClientConfig::with_datacenters([("east", Vec::<String>::new())]);
+        let error = Client::connect(config).expect_err("no address");
+        assert!(matches!(error, ClientError::Config { .. }), "{error}");
+    }
 }

@@ -1,5 +1,6 @@
 //! The runtime-free part of the clients: configuration, backoff, and the
-//! mapping from responses to typed results.
+//! mapping from responses to typed results. (Which datacenter to talk to,
+//! also runtime-free, is [`super::failover`].)
 //!
 //! Both the blocking and the async client build the same requests and read
 //! the same responses; only how bytes move differs. Keeping the mapping
@@ -16,16 +17,29 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::failover::Datacenter;
 use super::ClientError;
 use crate::format::{Limits, PROTOCOL_VERSION};
 use crate::message::{Hello, Request, Response, Role, Version, VersionedValue};
 
 /// How a client connects and how long it waits.
+///
+/// Where to connect is given one of two ways: `addresses` alone (one
+/// datacenter, named `datacenter`; what [`ClientConfig::new`] builds), or
+/// `datacenters` in preference order (what [`ClientConfig::with_datacenters`]
+/// builds). When `datacenters` is not empty, `addresses` is ignored.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// `host:port` addresses, tried in order (for example, the local
-    /// datacenter's nodes first, then another datacenter's).
+    /// `host:port` addresses of one datacenter, tried in order; used only
+    /// when `datacenters` is empty.
     pub addresses: Vec<String>,
+    /// Datacenters in preference order, the first being the local one: the
+    /// client fails over to the next when the current cannot be reached,
+    /// and back to a preferred one when it answers again.
+    pub datacenters: Vec<Datacenter>,
+    /// While on a fallback datacenter, how often (at most) to try the
+    /// preferred ones again; checked before a request, not by a timer.
+    pub failback_interval: Duration,
     /// The cluster name sent in HELLO.
     pub cluster: String,
     /// The client's datacenter, sent in HELLO.
@@ -56,12 +70,38 @@ impl ClientConfig {
             ..Self::default()
         }
     }
+
+    /// A configuration for datacenters in preference order, each a name and
+    /// its nodes' addresses, with every other field defaulted. The HELLO's
+    /// `datacenter` (the client's own) is the first, preferred, one.
+    pub fn with_datacenters<N, I, A>(datacenters: impl IntoIterator<Item = (N, I)>) -> Self
+    where
+        N: Into<String>,
+        I: IntoIterator<Item = A>,
+        A: Into<String>,
+    {
+        let datacenters: Vec<Datacenter> = datacenters
+            .into_iter()
+            .map(|(name, addresses)| Datacenter::new(name, addresses))
+            .collect();
+        let defaults = Self::default();
+        Self {
+            addresses: Vec::new(),
+            datacenter: datacenters
+                .first()
+                .map_or(defaults.datacenter.clone(), |first| first.name.clone()),
+            datacenters,
+            ..defaults
+        }
+    }
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             addresses: vec!["127.0.0.1:7700".to_owned()],
+            datacenters: Vec::new(),
+            failback_interval: Duration::from_secs(5),
             cluster: "meridian".to_owned(),
             datacenter: "dc1".to_owned(),
             credentials: None,
@@ -80,6 +120,8 @@ impl std::fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientConfig")
             .field("addresses", &self.addresses)
+            .field("datacenters", &self.datacenters)
+            .field("failback_interval", &self.failback_interval)
             .field("cluster", &self.cluster)
             .field("datacenter", &self.datacenter)
             .field(

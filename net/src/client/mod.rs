@@ -2,6 +2,9 @@
 //!
 //! - [`core`]: configuration, the reconnect backoff and the mapping from
 //!   [`Response`](crate::Response)s to typed results. No I/O, no runtime.
+//! - [`failover`]: the datacenters in preference order, which one is
+//!   current, the order of a connect round and when to fail back. No I/O,
+//!   no runtime; the caller passes the time.
 //! - [`blocking`]: [`blocking::Client`] on `std::net::TcpStream`, with a
 //!   low-level pipelined API (`send` many, `recv` in any order).
 //! - [`asynchronous`] (feature `tokio`): [`asynchronous::Client`], a cheap
@@ -11,8 +14,26 @@
 //! Both clients speak HELLO first on every connection, match responses to
 //! requests by `request_id` (responses may come back out of order), give
 //! every request its own deadline, and after a broken connection connect
-//! again on the next request, trying each configured address in turn with a
-//! bounded exponential backoff.
+//! again on the next request with a bounded exponential backoff.
+//!
+//! Failover across datacenters (both clients, same rules):
+//! - A connect round tries every address once: the current datacenter's
+//!   first, then the other datacenters' in preference order; the first that
+//!   takes a HELLO becomes the connection and its datacenter the current
+//!   one (`current_datacenter()`). A HELLO refusal ends the connect at once
+//!   (credentials and cluster name are the same everywhere).
+//! - A request that is not idempotent (PUT, DELETE, MPUT, admin) is never
+//!   sent twice: if the connection breaks after it may have left, the call
+//!   fails with a lost-connection error and the *next* request connects
+//!   (to the fallback if the current datacenter is down). A read is retried
+//!   once, on a new connection, which may be in the next datacenter.
+//! - Off the preferred datacenter, at most once per `failback_interval`,
+//!   the client tries the datacenters preferred over the current one and
+//!   moves to the first that answers a HELLO: the blocking client before a
+//!   request with nothing in flight, the async one in a spawned task.
+//! - When no address answers after `reconnect_attempts_max` rounds, the
+//!   error ([`ClientError::Connect`]) names each address of the last round
+//!   and why it failed.
 //!
 //! - [`ring`] and [`routing`]: the ring read from CLUSTERINFO, and
 //!   [`routing::RoutingClient`], a blocking client that sends each key
@@ -21,13 +42,18 @@
 
 pub mod blocking;
 pub mod core;
+pub mod failover;
 pub mod ring;
 pub mod routing;
+
+#[cfg(test)]
+mod fake;
 
 #[cfg(feature = "tokio")]
 pub mod asynchronous;
 
 pub use self::core::{ClientConfig, ServerHello};
+pub use self::failover::{ConnectFailure, Datacenter};
 
 use std::time::Duration;
 
@@ -41,14 +67,21 @@ use crate::message::Opcode;
 #[non_exhaustive]
 pub enum ClientError {
     /// No configured address accepted a connection and a HELLO.
-    #[error("cannot connect to any of {addresses:?} after {attempts} attempts: {last_error}")]
+    #[error(
+        "cannot connect to any datacenter after {attempts} rounds: {}",
+        failover::describe_failures(.failures)
+    )]
     Connect {
-        /// The addresses tried.
-        addresses: Vec<String>,
         /// Rounds over all addresses.
         attempts: u32,
-        /// The last failure, as text.
-        last_error: String,
+        /// Each address of the last round, in the order tried, and why it failed.
+        failures: Vec<ConnectFailure>,
+    },
+    /// The configuration cannot be used (no address, a datacenter twice, …).
+    #[error("bad client configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
     },
     /// The server refused the HELLO (credentials, cluster name, version).
     #[error("server refused HELLO with {code}: {message}")]

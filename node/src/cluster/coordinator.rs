@@ -78,13 +78,14 @@ pub async fn local_peer_op(
         .map_err(|(code, message)| format!("{code}: {message}"))
 }
 
-/// Writes `record` to one replica; Ok when it applied it (or had newer).
+/// Writes `record` to one replica; Ok when it applied it (`true`) or had
+/// it or newer (`false`).
 pub async fn replicate(
     shard: &Rc<Shard>,
     node: u16,
     record: ReplicaRecord,
     hint_for: Option<u16>,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let Some(cluster) = shard.cluster.as_ref() else {
         return Err("not clustered".to_string());
     };
@@ -116,10 +117,11 @@ pub async fn replicate(
         response
     };
     match response {
-        PeerResponse::ReplicaWritten { statuses }
-            if matches!(statuses.first(), Some(&WRITE_APPLIED | &WRITE_STALE)) =>
-        {
-            Ok(())
+        PeerResponse::ReplicaWritten { statuses } if statuses.first() == Some(&WRITE_APPLIED) => {
+            Ok(true)
+        }
+        PeerResponse::ReplicaWritten { statuses } if statuses.first() == Some(&WRITE_STALE) => {
+            Ok(false)
         }
         other => Err(format!("node {node} did not apply the write: {other:?}")),
     }
@@ -221,14 +223,9 @@ pub async fn write(
     expires_at: u32,
     write_quorum: Option<u8>,
 ) -> Response {
-    let (cluster, plan) = match plan(&shard, &key, write_quorum, "W") {
-        Ok(plan) => plan,
-        Err(refusal) => return refusal,
-    };
-    let partition = plan.partition;
     let version = shard.stamp();
     let record = ReplicaRecord {
-        partition,
+        partition: shard.partitioner.partition_of(&key),
         kind,
         key,
         value,
@@ -236,6 +233,29 @@ pub async fn write(
         origin: version.origin,
         expires_at,
     };
+    match write_record(&shard, record, write_quorum).await {
+        Ok(_) => Response::Written {
+            version: WireVersion {
+                hlc: version.hlc,
+                origin: version.origin,
+            },
+        },
+        Err(refusal) => refusal,
+    }
+}
+
+/// Writes a versioned record to the key's replicas and waits for W of
+/// them (in each list during a handoff): `Ok(true)` when at least one
+/// replica applied it, `Ok(false)` when the replicas that answered all held
+/// it or something newer. Used for clients' writes (stamped here) and for
+/// records from other datacenters (which keep their version and origin).
+pub async fn write_record(
+    shard: &Rc<Shard>,
+    record: ReplicaRecord,
+    write_quorum: Option<u8>,
+) -> Result<bool, Response> {
+    let (cluster, plan) = plan(shard, &record.key, write_quorum, "W")?;
+    let partition = plan.partition;
     let (sender, results) = flume::unbounded();
     for replica in &plan.replicas {
         let hint_for = match replica.role {
@@ -243,7 +263,7 @@ pub async fn write(
             ReplicaRole::Primary => None,
         };
         let (shard, record, sender, node) = (
-            Rc::clone(&shard),
+            Rc::clone(shard),
             record.clone(),
             sender.clone(),
             replica.node,
@@ -254,16 +274,12 @@ pub async fn write(
         .detach();
     }
     drop(sender);
-    let (acknowledged, last_error) = wait_for(&results, &plan, cluster.request_timeout).await;
+    let (acknowledged, applied, last_error) =
+        wait_for(&results, &plan, cluster.request_timeout).await;
     if plan.met(&acknowledged) {
-        return Response::Written {
-            version: WireVersion {
-                hlc: version.hlc,
-                origin: version.origin,
-            },
-        };
+        return Ok(applied);
     }
-    quorum_error(
+    Err(quorum_error(
         ErrorCode::QuorumUnavailable,
         format!(
             "{} of {} replicas acknowledged the write of partition {partition}, W = {} needed{}{}",
@@ -279,7 +295,7 @@ pub async fn write(
                 .map(|e| format!(" (last error: {e})"))
                 .unwrap_or_default()
         ),
-    )
+    ))
 }
 
 /// The next result on `results`, or `None` once every sender is gone or
@@ -295,23 +311,28 @@ async fn next_before<T>(results: &flume::Receiver<T>, deadline: Instant) -> Opti
 }
 
 /// Gathers the nodes that acknowledged until the plan's quorums are met,
-/// every result is in, or the deadline passed.
+/// every result is in, or the deadline passed; also whether any of them
+/// applied the write (rather than holding it already).
 async fn wait_for(
-    results: &flume::Receiver<(u16, Result<(), String>)>,
+    results: &flume::Receiver<(u16, Result<bool, String>)>,
     plan: &QuorumPlan,
     timeout: Duration,
-) -> (Vec<u16>, Option<String>) {
+) -> (Vec<u16>, bool, Option<String>) {
     let mut acknowledged = Vec::with_capacity(plan.replicas.len());
+    let mut applied = false;
     let mut last_error = None;
     let deadline = Instant::now() + timeout;
     while !plan.met(&acknowledged) {
         match next_before(results, deadline).await {
-            Some((node, Ok(()))) => acknowledged.push(node),
+            Some((node, Ok(written))) => {
+                acknowledged.push(node);
+                applied |= written;
+            }
             Some((_, Err(error))) => last_error = Some(error),
             None => break,
         }
     }
-    (acknowledged, last_error)
+    (acknowledged, applied, last_error)
 }
 
 type ReadAnswer = (u16, ReplicaRole, Result<Option<ReplicaRecord>, String>);
@@ -460,7 +481,7 @@ async fn repair(
             ReplicaRole::Primary => None,
         };
         match replicate(&shard, node, newest.clone(), hint_for).await {
-            Ok(()) => shard
+            Ok(_) => shard
                 .counters
                 .read_repairs
                 .set(shard.counters.read_repairs.get() + 1),
