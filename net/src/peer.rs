@@ -26,6 +26,10 @@
 //! 0x25 HEARTBEAT        node_id u16 | ring_epoch u64
 //! 0x26 DIGESTS          partition u32 | first_bucket u16 | count u32
 //! 0x27 BUCKET_ENTRIES   partition u32 | bucket u16
+//! 0x28 MEMBERSHIP       command u8 (1 join_via, 2 admit, 3 leave,
+//!                       4 handoff_ready) | flags u8 (bit0 forwarded)
+//!                       | node_id u16 | plan u64 | address_len u8 | address
+//!                       | count | count × partition u32
 //!
 //! 0xA0 REPLICA_ENTRY    present u8 (0 none, 1 some) | [record]
 //! 0xA1 REPLICA_WRITTEN  count | count × status u8 (0 written, 1 stale, 2 refused)
@@ -33,12 +37,14 @@
 //! 0xA5 HEARTBEAT_REPLY  node_id u16 | ring_epoch u64
 //! 0xA6 DIGESTS_REPLY    count | count × digest u64
 //! 0xA7 BUCKET_ENTRIES_REPLY  count | count × summary
+//! 0xA8 MEMBERSHIP_REPLY ring
 //! ```
 //!
 //! Limits, enforced identically by the encoder and the decoder (both call
 //! the same checks): a key ≤ `key_bytes_max`, a value ≤ `value_bytes_max`,
 //! records, statuses, digests and summaries per message ≤ `batch_keys_max`,
-//! a ring document ≤ [`RING_BYTES_MAX`], and a DIGESTS range inside the u16
+//! a ring document ≤ [`RING_BYTES_MAX`], the partitions of a MEMBERSHIP
+//! request ≤ [`MEMBERSHIP_PARTITIONS_MAX`], and a DIGESTS range inside the u16
 //! bucket space (`first_bucket + count ≤` [`DIGESTS_COUNT_MAX`], so never
 //! more than 65536 digests). The frame as a whole is bounded by
 //! `frame_bytes_max`, which the [`crate::Encoder`] and [`crate::Decoder`]
@@ -80,6 +86,8 @@ pub const HEARTBEAT: Opcode = Opcode::PEER_HEARTBEAT;
 pub const DIGESTS: Opcode = Opcode::PEER_DIGEST_EXCHANGE;
 /// Request: the entries of one bucket.
 pub const BUCKET_ENTRIES: Opcode = Opcode(0x27);
+/// Request: a membership command (join, leave, handoff progress).
+pub const MEMBERSHIP: Opcode = Opcode(0x28);
 /// Response to [`REPLICA_READ`].
 pub const REPLICA_ENTRY: Opcode = Opcode(0xA0);
 /// Response to [`REPLICA_WRITE`].
@@ -92,22 +100,26 @@ pub const HEARTBEAT_REPLY: Opcode = Opcode(0xA5);
 pub const DIGESTS_REPLY: Opcode = Opcode(0xA6);
 /// Response to [`BUCKET_ENTRIES`].
 pub const BUCKET_ENTRIES_REPLY: Opcode = Opcode(0xA7);
+/// Response to [`MEMBERSHIP`].
+pub const MEMBERSHIP_REPLY: Opcode = Opcode(0xA8);
 
-const REQUEST_OPCODES: [Opcode; 6] = [
+const REQUEST_OPCODES: [Opcode; 7] = [
     REPLICA_READ,
     REPLICA_WRITE,
     GOSSIP,
     HEARTBEAT,
     DIGESTS,
     BUCKET_ENTRIES,
+    MEMBERSHIP,
 ];
-const RESPONSE_OPCODES: [Opcode; 6] = [
+const RESPONSE_OPCODES: [Opcode; 7] = [
     REPLICA_ENTRY,
     REPLICA_WRITTEN,
     GOSSIP_REPLY,
     HEARTBEAT_REPLY,
     DIGESTS_REPLY,
     BUCKET_ENTRIES_REPLY,
+    MEMBERSHIP_REPLY,
 ];
 
 const _: () = {
@@ -125,6 +137,11 @@ pub const RING_BYTES_MAX: u32 = 16 * 1024 * 1024;
 /// Size of the bucket space (bucket ids are u16): the most digests one
 /// DIGESTS request may ask for, and the end of any range it names.
 pub const DIGESTS_COUNT_MAX: u32 = 1 << 16;
+
+/// Most partitions one MEMBERSHIP request names (the largest ring size).
+pub const MEMBERSHIP_PARTITIONS_MAX: u32 = 65_536;
+/// Longest address in a MEMBERSHIP request, in bytes.
+pub const MEMBERSHIP_ADDRESS_BYTES_MAX: usize = 255;
 
 /// REPLICA_WRITTEN status: the record was written.
 pub const WRITE_STATUS_WRITTEN: u8 = 0;
@@ -235,6 +252,58 @@ pub enum PeerRequest {
         /// The bucket.
         bucket: u16,
     },
+    /// A membership command; the reply carries the ring document the
+    /// receiver holds once it acted on it.
+    Membership(Membership),
+}
+
+/// What a MEMBERSHIP request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MembershipCommand {
+    /// To the node that should join (from `meridian cli cluster join`):
+    /// join the cluster of the member at `address`.
+    JoinVia = 1,
+    /// To a member (forwarded to the claimant): plan node `node_id`,
+    /// reachable at `address`, into the ring.
+    Admit = 2,
+    /// To a member (forwarded to the claimant): plan node `node_id` out.
+    Leave = 3,
+    /// To the claimant: node `node_id` holds the records of `partitions`
+    /// for the plan whose target owners hash to `plan`.
+    HandoffReady = 4,
+}
+
+impl MembershipCommand {
+    /// The command of a wire byte.
+    pub fn from_u8(raw: u8) -> Option<MembershipCommand> {
+        Some(match raw {
+            1 => MembershipCommand::JoinVia,
+            2 => MembershipCommand::Admit,
+            3 => MembershipCommand::Leave,
+            4 => MembershipCommand::HandoffReady,
+            _ => return None,
+        })
+    }
+}
+
+/// The body of a MEMBERSHIP request; fields a command does not use are
+/// zero or empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Membership {
+    /// What is asked.
+    pub command: MembershipCommand,
+    /// Set by a member that passed the request on to the claimant: the
+    /// receiver must not pass it on again.
+    pub forwarded: bool,
+    /// The node joining, leaving or reporting.
+    pub node_id: u16,
+    /// The plan a handoff report is about (a hash of its target owners).
+    pub plan: u64,
+    /// A peer address (`host:port`), at most 255 bytes.
+    pub address: Bytes,
+    /// The partitions a handoff report names.
+    pub partitions: Vec<u32>,
 }
 
 /// Key, version and kind of one entry (anti-entropy compares these).
@@ -283,6 +352,11 @@ pub enum PeerResponse {
         /// The entries.
         entries: Vec<EntrySummary>,
     },
+    /// The receiver's ring document after it acted on a MEMBERSHIP request.
+    MembershipReply {
+        /// The ring document.
+        ring: Bytes,
+    },
 }
 
 /// True when `opcode` is one of the peer request opcodes above.
@@ -303,6 +377,7 @@ impl PeerRequest {
             PeerRequest::ReplicaWrite { .. } => REPLICA_WRITE,
             PeerRequest::Gossip { .. } => GOSSIP,
             PeerRequest::Heartbeat { .. } => HEARTBEAT,
+            PeerRequest::Membership(_) => MEMBERSHIP,
             PeerRequest::Digests { .. } => DIGESTS,
             PeerRequest::BucketEntries { .. } => BUCKET_ENTRIES,
         }
@@ -371,6 +446,7 @@ impl PeerRequest {
                 partition: reader.u32("partition")?,
                 bucket: reader.u16("bucket")?,
             },
+            MEMBERSHIP => PeerRequest::Membership(reader.membership()?),
             other => return Err(DecodeError::UnknownOpcode { opcode: other.0 }),
         };
         reader.finish(frame.opcode)?;
@@ -386,6 +462,7 @@ impl PeerResponse {
             PeerResponse::ReplicaWritten { .. } => REPLICA_WRITTEN,
             PeerResponse::GossipReply { .. } => GOSSIP_REPLY,
             PeerResponse::HeartbeatReply { .. } => HEARTBEAT_REPLY,
+            PeerResponse::MembershipReply { .. } => MEMBERSHIP_REPLY,
             PeerResponse::DigestsReply { .. } => DIGESTS_REPLY,
             PeerResponse::BucketEntriesReply { .. } => BUCKET_ENTRIES_REPLY,
         }
@@ -435,6 +512,9 @@ impl PeerResponse {
                 PeerResponse::ReplicaWritten { statuses }
             }
             GOSSIP_REPLY => PeerResponse::GossipReply {
+                ring: reader.ring()?,
+            },
+            MEMBERSHIP_REPLY => PeerResponse::MembershipReply {
                 ring: reader.ring()?,
             },
             HEARTBEAT_REPLY => PeerResponse::HeartbeatReply {
@@ -586,6 +666,28 @@ fn check_digests(count: u64, limits: &Limits) -> Result<(), Breach> {
     Ok(())
 }
 
+fn check_membership_partitions(count: u64, _: &Limits) -> Result<(), Breach> {
+    if count > u64::from(MEMBERSHIP_PARTITIONS_MAX) {
+        return Err(Breach::Field {
+            field: "membership partitions",
+            len: count,
+            max: MEMBERSHIP_PARTITIONS_MAX,
+        });
+    }
+    Ok(())
+}
+
+fn check_membership_address(len: u64) -> Result<(), Breach> {
+    if len > MEMBERSHIP_ADDRESS_BYTES_MAX as u64 {
+        return Err(Breach::Field {
+            field: "membership address",
+            len,
+            max: MEMBERSHIP_ADDRESS_BYTES_MAX as u32,
+        });
+    }
+    Ok(())
+}
+
 fn check_status(status: u8) -> Result<(), Breach> {
     if status > WRITE_STATUS_REFUSED {
         return Err(Breach::Invalid {
@@ -685,6 +787,34 @@ impl Reader<'_> {
         })
     }
 
+    fn membership(&mut self) -> Result<Membership, DecodeError> {
+        let raw = self.u8("membership command")?;
+        let command = MembershipCommand::from_u8(raw).ok_or(DecodeError::InvalidValue {
+            field: "membership command",
+            value: u64::from(raw),
+        })?;
+        let forwarded = self.options(OPTION_BIT_0)? & OPTION_BIT_0 != 0;
+        let node_id = self.u16("node_id")?;
+        let plan = self.u64("plan")?;
+        // A u8 length cannot pass the 255-byte limit.
+        let address_len = u64::from(self.u8("address length")?);
+        let address = self.take("address", address_len)?;
+        let (count, capacity) =
+            self.checked_count("partition count", 4, check_membership_partitions)?;
+        let mut partitions = Vec::with_capacity(capacity);
+        for _ in 0..count {
+            partitions.push(self.u32("partition")?);
+        }
+        Ok(Membership {
+            command,
+            forwarded,
+            node_id,
+            plan,
+            address,
+            partitions,
+        })
+    }
+
     fn summary(&mut self) -> Result<EntrySummary, DecodeError> {
         let kind = self.kind()?;
         let hlc = self.u64("hlc")?;
@@ -774,6 +904,19 @@ impl Encode for PeerRequest {
                 4 + 2 + 4
             }
             PeerRequest::BucketEntries { .. } => 4 + 2,
+            PeerRequest::Membership(membership) => {
+                check_membership_address(membership.address.len() as u64)
+                    .map_err(Breach::encode_error)?;
+                check_membership_partitions(membership.partitions.len() as u64, limits)
+                    .map_err(Breach::encode_error)?;
+                1 + 1
+                    + 2
+                    + 8
+                    + 1
+                    + membership.address.len() as u64
+                    + COUNT_LEN
+                    + 4 * membership.partitions.len() as u64
+            }
         })
     }
 
@@ -815,6 +958,24 @@ impl Encode for PeerRequest {
                 buf.put_u32_le(*partition);
                 buf.put_u16_le(*bucket);
             }
+            PeerRequest::Membership(membership) => {
+                buf.put_u8(membership.command as u8);
+                buf.put_u8(if membership.forwarded {
+                    OPTION_BIT_0
+                } else {
+                    0
+                });
+                buf.put_u16_le(membership.node_id);
+                buf.put_u64_le(membership.plan);
+                // body_len proved the address fits 255 bytes.
+                buf.put_u8(membership.address.len() as u8);
+                buf.put_slice(&membership.address);
+                put_count(buf, membership.partitions.len());
+                membership
+                    .partitions
+                    .iter()
+                    .for_each(|partition| buf.put_u32_le(*partition));
+            }
         }
     }
 }
@@ -835,7 +996,9 @@ impl Encode for PeerResponse {
                 }
                 COUNT_LEN + statuses.len() as u64
             }
-            PeerResponse::GossipReply { ring } => ring_len(ring)?,
+            PeerResponse::GossipReply { ring } | PeerResponse::MembershipReply { ring } => {
+                ring_len(ring)?
+            }
             PeerResponse::HeartbeatReply { .. } => 2 + 8,
             PeerResponse::DigestsReply { digests } => {
                 check_digests(digests.len() as u64, limits).map_err(Breach::encode_error)?;
@@ -863,7 +1026,9 @@ impl Encode for PeerResponse {
                 put_count(buf, statuses.len());
                 buf.put_slice(statuses);
             }
-            PeerResponse::GossipReply { ring } => put_sized(buf, ring),
+            PeerResponse::GossipReply { ring } | PeerResponse::MembershipReply { ring } => {
+                put_sized(buf, ring)
+            }
             PeerResponse::HeartbeatReply {
                 node_id,
                 ring_epoch,
@@ -997,6 +1162,60 @@ mod tests {
         .concat();
         assert_eq!(&buf[HEADER_LEN..], &expected[..]);
         assert_eq!(buf[crate::format::OPCODE_OFFSET], 0xA7);
+    }
+
+    #[test]
+    fn membership_body_is_the_drawn_layout_and_round_trips() {
+        let limits = Limits::default();
+        let request = PeerRequest::Membership(Membership {
+            command: MembershipCommand::HandoffReady,
+            forwarded: true,
+            node_id: 0x0102,
+            plan: 0x0A0B_0C0D_0E0F_1011,
+            address: Bytes::from_static(b"h:1"),
+            partitions: vec![7, 0x0102_0304],
+        });
+        let wire = wire_request(&request, &limits);
+        let expected: Vec<u8> = [
+            &[4u8, 1][..],
+            &[0x02, 0x01],
+            &[0x11, 0x10, 0x0F, 0x0E, 0x0D, 0x0C, 0x0B, 0x0A],
+            &[3, b'h', b':', b'1'],
+            &[2, 0, 0, 0],
+            &[7, 0, 0, 0, 0x04, 0x03, 0x02, 0x01],
+        ]
+        .concat();
+        assert_eq!(&wire.body[..], &expected[..]);
+        assert_eq!(
+            PeerRequest::decode(&wire, &limits).expect("decode"),
+            request
+        );
+        // A partition count past the limit is refused before any allocation.
+        let mut body = expected[..16].to_vec();
+        body.extend_from_slice(&(MEMBERSHIP_PARTITIONS_MAX + 1).to_le_bytes());
+        assert!(matches!(
+            PeerRequest::decode(&frame(MEMBERSHIP, &body), &limits),
+            Err(DecodeError::FieldTooLarge { .. })
+        ));
+        // An unknown command is refused by name.
+        let mut body = expected.clone();
+        body[0] = 9;
+        assert!(matches!(
+            PeerRequest::decode(&frame(MEMBERSHIP, &body), &limits),
+            Err(DecodeError::InvalidValue {
+                field: "membership command",
+                ..
+            })
+        ));
+        let long = PeerRequest::Membership(Membership {
+            command: MembershipCommand::Admit,
+            forwarded: false,
+            node_id: 1,
+            plan: 0,
+            address: Bytes::from(vec![b'a'; 256]),
+            partitions: Vec::new(),
+        });
+        assert!(long.encode(1, &limits, &mut BytesMut::new()).is_err());
     }
 
     #[test]

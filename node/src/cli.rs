@@ -9,6 +9,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+
+mod cluster;
 use meridian_net::client::blocking::Client;
 use meridian_net::client::ClientConfig;
 
@@ -53,6 +55,11 @@ pub enum CliCommand {
     Clusterinfo,
     Nodehealth,
     Stats,
+    /// Membership: join, leave, status.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
     /// Cross-datacenter links.
     Xdc {
         #[command(subcommand)]
@@ -134,6 +141,15 @@ impl XdcCommand {
 
 /// Runs a CLI command; returns the process exit status.
 pub fn run(args: CliArgs) -> i32 {
+    if let CliCommand::Cluster { command } = &args.command {
+        return match cluster::run(&args, command) {
+            Ok(status) => status,
+            Err(error) => {
+                eprintln!("meridian cli: {error}");
+                2
+            }
+        };
+    }
     let mut config = ClientConfig::new(args.addr.clone());
     config.cluster = args.cluster.clone();
     config.credentials = args
@@ -197,6 +213,7 @@ pub fn run(args: CliArgs) -> i32 {
             .nodehealth()
             .map(|json| print_json(&mut stdout, &json)),
         CliCommand::Stats => client.stats().map(|json| print_json(&mut stdout, &json)),
+        CliCommand::Cluster { .. } => unreachable!("run before connecting"),
         CliCommand::Xdc { command } => match command.command_line() {
             Ok(line) => client
                 .admin(&line)

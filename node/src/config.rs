@@ -118,6 +118,19 @@ pub struct ClusterSection {
     pub hint_delivery_interval_ms: u32,
     /// How often each shard compares one vnode's digests with a replica.
     pub anti_entropy_interval_ms: u32,
+    /// For a node that is not a founding member (not in `members`): peer
+    /// addresses ("HOST:PORT") of existing members to join through. A node
+    /// with seeds takes peer connections from the start.
+    pub seeds: Vec<String>,
+    /// With seeds: join the cluster at start, once `min_contact_points`
+    /// seeds answered with the cluster's ring. False: wait for
+    /// `meridian cli cluster join ADDR`.
+    pub join_on_start: bool,
+    /// Seeds that must answer before the node joins on start.
+    pub min_contact_points: u32,
+    /// Handoff throttle: records a shard pulls per second at most while it
+    /// receives partitions from their old owners.
+    pub handoff_records_per_second: u32,
 }
 
 impl Default for ClusterSection {
@@ -132,6 +145,10 @@ impl Default for ClusterSection {
             down_after_ms: 1000,
             hint_delivery_interval_ms: 500,
             anti_entropy_interval_ms: 1000,
+            seeds: Vec::new(),
+            join_on_start: true,
+            min_contact_points: 1,
+            handoff_records_per_second: 50_000,
         }
     }
 }
@@ -167,6 +184,12 @@ impl ClusterSection {
         }
         members.sort_by_key(|m| m.id);
         Ok(members)
+    }
+
+    /// True when this node takes part in a ring (founding members or seeds);
+    /// a node with a persisted ring is clustered whatever its config says.
+    pub fn is_clustered(&self) -> bool {
+        self.members.len() > 1 || !self.seeds.is_empty()
     }
 }
 
@@ -407,6 +430,35 @@ impl Config {
             ));
         }
         let cluster = &self.cluster;
+        for seed in &cluster.seeds {
+            if seed.parse::<SocketAddr>().is_err() {
+                return Err(invalid(
+                    "cluster.seeds",
+                    format!("{seed:?} is not HOST:PORT"),
+                ));
+            }
+        }
+        if !cluster.seeds.is_empty() && cluster.join_on_start {
+            let seeds = cluster.seeds.len() as u32;
+            if cluster.min_contact_points == 0 || cluster.min_contact_points > seeds {
+                return Err(invalid(
+                    "cluster.min_contact_points",
+                    format!("must be 1 to the number of seeds ({seeds})"),
+                ));
+            }
+        }
+        if !cluster.seeds.is_empty() && self.node.listen.ip().is_unspecified() {
+            return Err(invalid(
+                "node.listen",
+                "a node that joins through seeds must listen on an address its peers can reach, not 0.0.0.0",
+            ));
+        }
+        if cluster.handoff_records_per_second == 0 {
+            return Err(invalid(
+                "cluster.handoff_records_per_second",
+                "must be at least 1",
+            ));
+        }
         if !(1..=5).contains(&cluster.replicas) {
             return Err(invalid("cluster.replicas", "must be 1 to 5"));
         }
@@ -484,6 +536,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("always"), "{error}");
+    }
+
+    #[test]
+    fn seeds_are_checked_by_name() {
+        let seeded = Config::from_toml("[cluster]\nseeds = [\"127.0.0.1:7411\"]\n")
+            .expect("one seed, defaults otherwise");
+        assert!(seeded.cluster.is_clustered());
+        let error = Config::from_toml("[cluster]\nseeds = [\"nowhere\"]\n")
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            error.contains("cluster.seeds") && error.contains("nowhere"),
+            "{error}"
+        );
+        let error =
+            Config::from_toml("[cluster]\nseeds = [\"127.0.0.1:7411\"]\nmin_contact_points = 2\n")
+                .expect_err("refused")
+                .to_string();
+        assert!(error.contains("cluster.min_contact_points"), "{error}");
+        let error = Config::from_toml(
+            "[node]\nlisten = \"0.0.0.0:7411\"\n[cluster]\nseeds = [\"127.0.0.1:7412\"]\n",
+        )
+        .expect_err("refused")
+        .to_string();
+        assert!(error.contains("node.listen"), "{error}");
     }
 
     #[test]

@@ -450,7 +450,7 @@ impl Connection {
             ),
             Request::ClusterInfo => (
                 Slot::Ready(Response::Info {
-                    json: crate::info::cluster_info(&self.shard),
+                    json: crate::info::cluster_info(&self.shard).await,
                 }),
                 None,
                 false,
@@ -531,7 +531,7 @@ impl Connection {
             Role::Peer => {
                 return Err(error(
                     ErrorCode::ClusterMismatch,
-                    "this node is a cluster of one (cluster.members is empty): it takes no peers",
+                    "this node is a cluster of one (no cluster.members, no cluster.seeds): it takes no peers; to join a cluster, restart it with cluster.seeds",
                 ))
             }
             other => {

@@ -17,10 +17,32 @@ pub fn build_info() -> String {
     .to_string()
 }
 
-/// The ring as this node sees it: members with their status (this shard's
-/// failure detector), ring epoch, partitions each member owns and is a
-/// replica of, pending handoffs. A cluster of one owns every partition.
-pub fn cluster_info(shard: &Shard) -> String {
+/// The CLUSTERINFO document, built by shard 0 (which holds the claimant's
+/// handoff reports).
+pub async fn cluster_info(shard: &Shard) -> String {
+    if shard.index == 0 || shard.cluster.is_none() {
+        return cluster_info_here(shard);
+    }
+    let (reply, answer) = flume::bounded(1);
+    if shard.inboxes[0]
+        .send_async(ShardCall::ClusterInfo { reply })
+        .await
+        .is_ok()
+    {
+        if let Ok(json) = answer.recv_async().await {
+            return json;
+        }
+    }
+    cluster_info_here(shard)
+}
+
+/// The ring as this shard sees it: members with their status (this shard's
+/// failure detector) and ring status, ring epoch, partitions each member
+/// owns and is a replica of (now and once the pending transfers complete),
+/// the owner of every partition (clients route by it), the claimant, and
+/// pending handoffs with their progress (known to the claimant). A cluster
+/// of one owns every partition.
+pub fn cluster_info_here(shard: &Shard) -> String {
     let config = &shard.config;
     let Some(cluster) = shard.cluster.as_ref() else {
         return json!({
@@ -33,24 +55,32 @@ pub fn cluster_info(shard: &Shard) -> String {
                 "node_id": config.node.node_id,
                 "address": config.node.listen.to_string(),
                 "status": "up",
+                "ring_status": "up",
                 "partitions_owned": config.storage.partitions,
                 "partitions_replicated": config.storage.partitions,
                 "shards": shard.inboxes.len(),
+                "this_node": true,
             }],
+            "claimant": config.node.node_id,
+            "owners": vec![config.node.node_id; config.storage.partitions as usize],
             "pending_handoffs": 0,
+            "handoff": null,
         })
         .to_string();
     };
-    let ring = &cluster.ring;
+    let view = cluster.view();
+    let ring = &view.ring;
+    let target = view.target.as_ref().unwrap_or(ring);
     let members: Vec<serde_json::Value> = ring
         .members()
         .iter()
         .map(|member| {
-            let owned = ring
-                .owners()
-                .iter()
-                .filter(|&&owner| owner == member.id)
-                .count();
+            let owned = |ring: &meridian_ring::Ring| {
+                ring.owners()
+                    .iter()
+                    .filter(|&&owner| owner == member.id)
+                    .count()
+            };
             let replicated = (0..ring.partitions())
                 .filter(|&p| ring.primaries(p).contains(&member.id))
                 .count();
@@ -60,22 +90,42 @@ pub fn cluster_info(shard: &Shard) -> String {
                 "rack": member.rack,
                 "status": if cluster.is_live(member.id) { "up" } else { "down" },
                 "ring_status": format!("{:?}", member.status).to_lowercase(),
-                "partitions_owned": owned,
+                "partitions_owned": owned(ring),
+                "partitions_owned_after_handoff": owned(target),
                 "partitions_replicated": replicated,
                 "this_node": member.id == cluster.self_id,
             })
         })
         .collect();
+    let handoff = view.target.as_ref().map(|_| {
+        let (ready, needed) = crate::cluster::membership::handoff_progress(cluster, &view);
+        let transfers: Vec<serde_json::Value> = ring
+            .transfers()
+            .iter()
+            .map(|t| json!({"partition": t.partition, "source": t.source, "target": t.target}))
+            .collect();
+        json!({
+            "plan": format!("{:016x}", view.plan),
+            "partition_copies_needed": needed,
+            "partition_copies_reported": ready,
+            "progress_known": cluster.claimant() == Some(cluster.self_id),
+            "transfers": transfers,
+        })
+    });
     json!({
         "cluster": config.node.cluster,
         "datacenter": config.node.datacenter,
+        "node_id": cluster.self_id,
         "ring_epoch": ring.epoch(),
         "partitions": ring.partitions(),
         "replicas": ring.replicas(),
         "read_quorum": cluster.read_quorum,
         "write_quorum": cluster.write_quorum,
+        "claimant": cluster.claimant(),
         "members": members,
+        "owners": ring.owners(),
         "pending_handoffs": ring.transfers().len(),
+        "handoff": handoff,
     })
     .to_string()
 }

@@ -25,6 +25,7 @@ pub struct ShardCounters {
     pub read_repairs: Cell<u64>,
     pub hints_delivered: Cell<u64>,
     pub anti_entropy_repairs: Cell<u64>,
+    pub handoff_records: Cell<u64>,
     /// Records received from other datacenters and written here.
     pub xdc_records_applied: Cell<u64>,
     /// Records received from other datacenters that were not newer.
@@ -57,6 +58,7 @@ impl ShardCounters {
             read_repairs: self.read_repairs.get(),
             hints_delivered: self.hints_delivered.get(),
             anti_entropy_repairs: self.anti_entropy_repairs.get(),
+            handoff_records: self.handoff_records.get(),
             xdc_records_applied: self.xdc_records_applied.get(),
             xdc_records_stale: self.xdc_records_stale.get(),
             xdc_conflicts: self.xdc_conflicts.get(),
@@ -69,7 +71,7 @@ impl ShardCounters {
 /// Renders shard reports as Prometheus text.
 pub fn render_prometheus(reports: &[ShardReport]) -> String {
     type Field = fn(&ShardReport) -> u64;
-    let metrics: [(&str, &str, &str, Field); 22] = [
+    let metrics: [(&str, &str, &str, Field); 25] = [
         (
             "meridian_requests_total",
             "counter",
@@ -153,6 +155,24 @@ pub fn render_prometheus(reports: &[ShardReport]) -> String {
             "counter",
             "Records repaired by anti-entropy",
             |r| r.anti_entropy_repairs,
+        ),
+        (
+            "meridian_handoff_records_total",
+            "counter",
+            "Records pulled from old replicas during joins and leaves",
+            |r| r.handoff_records,
+        ),
+        (
+            "meridian_ring_epoch",
+            "gauge",
+            "Epoch of the ring the shard holds",
+            |r| r.ring_epoch,
+        ),
+        (
+            "meridian_ring_transfers_pending",
+            "gauge",
+            "Partition transfers pending in the ring the shard holds",
+            |r| r.transfers_pending,
         ),
         (
             "meridian_xdc_records_applied_total",

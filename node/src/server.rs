@@ -189,6 +189,13 @@ async fn run_shard(
             return;
         }
     };
+    if let (0, Some(cluster)) = (shard.index, shard.cluster.as_ref()) {
+        // The founding (or not yet joined) ring is persisted at first start.
+        if let Err(error) = cluster.persist() {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    }
     let inbox_task = glommio::spawn_local(run_inbox(Rc::clone(&shard), inbox));
     let sync_task = glommio::spawn_local(Rc::clone(&shard).run_sync_loop());
     let periodic_task = glommio::spawn_local(run_periodic_sync(Rc::clone(&shard)));
@@ -199,6 +206,10 @@ async fn run_shard(
             glommio::spawn_local(background::run_heartbeats(Rc::clone(&shard))),
             glommio::spawn_local(background::run_hint_delivery(Rc::clone(&shard))),
             glommio::spawn_local(background::run_anti_entropy(Rc::clone(&shard))),
+            glommio::spawn_local(crate::cluster::handoff::run_handoff(Rc::clone(&shard))),
+            glommio::spawn_local(crate::cluster::membership::run_membership(Rc::clone(
+                &shard,
+            ))),
         ]
     });
     let metrics_task = (shard.index == 0 && !shard.config.node.metrics_listen.is_empty())
@@ -344,6 +355,20 @@ async fn run_inbox(shard: Rc<Shard>, inbox: flume::Receiver<ShardCall>) {
             }
             ShardCall::Stats { reply } => {
                 let _ = reply.send(shard.report());
+            }
+            ShardCall::Ring { ring } => {
+                shard.adopt_ring(*ring, false);
+            }
+            ShardCall::Membership { request, reply } => {
+                let shard = Rc::clone(&shard);
+                glommio::spawn_local(async move {
+                    let answer = crate::cluster::membership::handle(shard, request).await;
+                    let _ = reply.send(answer);
+                })
+                .detach();
+            }
+            ShardCall::ClusterInfo { reply } => {
+                let _ = reply.send(crate::info::cluster_info_here(&shard));
             }
             ShardCall::TailReads { reads, reply } => {
                 let _ = reply.send(shard.tail_reads(&reads));

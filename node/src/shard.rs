@@ -86,6 +86,20 @@ pub enum ShardCall {
     Stats {
         reply: flume::Sender<ShardReport>,
     },
+    /// A ring another shard of this node adopted.
+    Ring {
+        ring: Box<meridian_ring::Ring>,
+    },
+    /// A membership request, for shard 0.
+    Membership {
+        request: meridian_net::peer::Membership,
+        reply: flume::Sender<Result<meridian_net::peer::PeerResponse, PeerFailure>>,
+    },
+    /// The CLUSTERINFO document, built by shard 0 (it holds the claimant's
+    /// handoff reports).
+    ClusterInfo {
+        reply: flume::Sender<String>,
+    },
     /// XDC: the reads of a tick whose vnodes have records to give.
     TailReads {
         reads: Vec<TailRead>,
@@ -147,6 +161,9 @@ pub struct ShardReport {
     pub read_repairs: u64,
     pub hints_delivered: u64,
     pub anti_entropy_repairs: u64,
+    pub handoff_records: u64,
+    pub ring_epoch: u64,
+    pub transfers_pending: u64,
     pub xdc_records_applied: u64,
     pub xdc_records_stale: u64,
     pub xdc_conflicts: u64,
@@ -318,6 +335,49 @@ impl Shard {
                 Some(Store::open(self.hint_directory(), self.store_options())?);
         }
         Ok(())
+    }
+
+    /// Adopts `ring` if it wins over this shard's (see `cluster`); on a
+    /// change, shard 0 persists it and, with `spread`, the node's other
+    /// shards are sent it. Returns the new view when adopted.
+    pub fn adopt_ring(
+        &self,
+        ring: meridian_ring::Ring,
+        spread: bool,
+    ) -> Option<Rc<crate::cluster::RingView>> {
+        let cluster = self.cluster.as_ref()?;
+        let view = match cluster.adopt(ring) {
+            Ok(Some(view)) => view,
+            Ok(None) => return None,
+            Err(reason) => {
+                tracing::debug!(%reason, "ring not adopted");
+                return None;
+            }
+        };
+        tracing::info!(
+            shard = self.index,
+            epoch = view.ring.epoch(),
+            transfers = view.ring.transfers().len(),
+            "adopted a ring"
+        );
+        if self.index == 0 {
+            if let Err(error) = cluster.persist() {
+                tracing::error!(%error, "the ring could not be persisted");
+            }
+        }
+        if spread {
+            for (index, inbox) in self.inboxes.iter().enumerate() {
+                if index == self.index {
+                    continue;
+                }
+                let (inbox, ring) = (inbox.clone(), Box::new(view.ring.clone()));
+                glommio::spawn_local(async move {
+                    let _ = inbox.send_async(ShardCall::Ring { ring }).await;
+                })
+                .detach();
+            }
+        }
+        Some(view)
     }
 
     /// Stamps a new version for a write this shard coordinates.
@@ -551,6 +611,11 @@ impl Shard {
             .collect();
         report.partition_digests.sort_unstable();
         report.writes_refused = !self.sync_failures.borrow().is_empty();
+        if let Some(cluster) = self.cluster.as_ref() {
+            let view = cluster.view();
+            report.ring_epoch = view.ring.epoch();
+            report.transfers_pending = view.ring.transfers().len() as u64;
+        }
         report
     }
 

@@ -72,6 +72,48 @@ impl TestCluster {
         TestCluster { nodes }
     }
 
+    /// Starts one more node (id = members + 1) that is not a founding
+    /// member: its config names members `seeds` in `cluster.seeds`; with
+    /// `join_on_start` false it joins only when told to (`meridian cli
+    /// cluster join`). Its port is fixed, like the founders'. Returns its id.
+    pub fn start_joining_node(
+        &mut self,
+        seeds: &[usize],
+        join_on_start: bool,
+        configure: impl Fn(ServerConfig) -> ServerConfig,
+    ) -> usize {
+        let id = self.nodes.len() + 1;
+        let taken: HashSet<u16> = self.nodes.iter().map(|n| n.address().port()).collect();
+        let port = std::iter::repeat_with(free_loopback_port)
+            .take(100)
+            .find(|port| !taken.contains(port))
+            .expect("a free loopback port");
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        let seed_list: Vec<String> = seeds
+            .iter()
+            .map(|&seed| format!("\"{}\"", self.node(seed).address()))
+            .collect();
+        let base = ServerConfig::default().set("cluster", "anti_entropy_interval_ms", "200");
+        let config = configure(base)
+            .listen(address)
+            .set("node", "node_id", &id.to_string())
+            .set("cluster", "seeds", &format!("[{}]", seed_list.join(", ")))
+            .set("cluster", "join_on_start", &join_on_start.to_string());
+        self.nodes.push(ServerProcess::start(config));
+        id
+    }
+
+    /// Member `id`'s CLUSTERINFO document; `None` if it cannot be had.
+    pub fn try_cluster_info(&self, id: usize) -> Option<serde_json::Value> {
+        let node = self.node(id);
+        node.pid()?;
+        let mut config = node.client_config();
+        config.reconnect_attempts_max = 1;
+        let mut client = Client::connect(config).ok()?;
+        let text = client.clusterinfo().ok()?;
+        Some(serde_json::from_str(&text).expect("CLUSTERINFO is JSON"))
+    }
+
     /// Member ids, 1..=members.
     pub fn ids(&self) -> Vec<usize> {
         (1..=self.nodes.len()).collect()

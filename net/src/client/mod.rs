@@ -35,13 +35,16 @@
 //!   error ([`ClientError::Connect`]) names each address of the last round
 //!   and why it failed.
 //!
-//! Not yet: ring awareness (sending each key straight to a replica from
-//! CLUSTERINFO); today a client talks to the first address that answers and
-//! the server coordinates.
+//! - [`ring`] and [`routing`]: the ring read from CLUSTERINFO, and
+//!   [`routing::RoutingClient`], a blocking client that sends each key
+//!   straight to one of its replicas. The plain clients talk to the first
+//!   address that answers, and that node coordinates.
 
 pub mod blocking;
 pub mod core;
 pub mod failover;
+pub mod ring;
+pub mod routing;
 
 #[cfg(test)]
 mod fake;
@@ -142,6 +145,12 @@ pub enum ClientError {
     /// `recv` was called with nothing in flight.
     #[error("no request is in flight")]
     NothingInFlight,
+    /// A node's CLUSTERINFO does not describe a ring a client can route by.
+    #[error("cannot route by the node's ring: {reason}")]
+    Ring {
+        /// What did not check out.
+        reason: String,
+    },
     /// Too many requests are in flight on this client.
     #[error("{in_flight} requests in flight, the limit is {in_flight_max}")]
     TooManyInFlight {

@@ -28,37 +28,62 @@ const PUSH_BATCH: usize = 128;
 /// Hints tried per delivery round.
 const HINTS_PER_ROUND: usize = 512;
 
+/// Heartbeat rounds between two unconditional gossip rounds of shard 0 (a
+/// ring of the same epoch but other content is found this way).
+const GOSSIP_EVERY_ROUNDS: u64 = 10;
+
 pub async fn run_heartbeats(shard: Rc<Shard>) {
     let Some(cluster) = shard.cluster.as_ref() else {
         return;
     };
     let interval = Duration::from_millis(shard.config.cluster.heartbeat_interval_ms as u64);
+    let mut round = 0u64;
     loop {
+        round += 1;
+        let gossip_anyway = shard.index == 0 && round.is_multiple_of(GOSSIP_EVERY_ROUNDS);
         for peer in cluster.peers() {
             let shard = Rc::clone(&shard);
             glommio::spawn_local(async move {
-                let Some(cluster) = shard.cluster.as_ref() else {
-                    return;
-                };
-                let Some(address) = cluster.address(peer) else {
-                    return;
-                };
-                let request = PeerRequest::Heartbeat {
-                    node_id: cluster.self_id,
-                    ring_epoch: cluster.ring.epoch(),
-                };
-                if cluster
-                    .links
-                    .call(peer, address, &request, interval * 2)
-                    .await
-                    .is_ok()
-                {
-                    cluster.heard_from(peer);
-                }
+                heartbeat(&shard, peer, interval * 2, gossip_anyway).await;
             })
             .detach();
         }
         glommio::timer::sleep(interval).await;
+    }
+}
+
+/// One heartbeat to `peer`; a ring gossip follows when the epochs differ
+/// (or `gossip_anyway`).
+async fn heartbeat(shard: &Rc<Shard>, peer: u16, timeout: Duration, gossip_anyway: bool) {
+    let Some(cluster) = shard.cluster.as_ref() else {
+        return;
+    };
+    let Some(address) = cluster.address(peer) else {
+        return;
+    };
+    let request = PeerRequest::Heartbeat {
+        node_id: cluster.self_id,
+        ring_epoch: cluster.epoch(),
+    };
+    let Ok(PeerResponse::HeartbeatReply { ring_epoch, .. }) =
+        cluster.links.call(peer, &address, &request, timeout).await
+    else {
+        return;
+    };
+    cluster.heard_from(peer);
+    cluster.peer_reported_epoch(peer, ring_epoch);
+    if ring_epoch == cluster.epoch() && !gossip_anyway {
+        return;
+    }
+    let gossip = PeerRequest::Gossip {
+        ring: Bytes::from(meridian_ring::encode(&cluster.view().ring)),
+    };
+    match cluster.links.call(peer, &address, &gossip, timeout).await {
+        Ok(PeerResponse::GossipReply { ring }) => {
+            super::membership::adopt_bytes(shard, &ring);
+        }
+        Ok(other) => tracing::debug!(peer, ?other, "unexpected answer to GOSSIP"),
+        Err(error) => tracing::debug!(peer, %error, "gossip failed"),
     }
 }
 
@@ -115,6 +140,7 @@ pub async fn run_anti_entropy(shard: Rc<Shard>) {
         turn = turn.wrapping_add(1);
         let partition = partitions[turn % partitions.len()];
         let peers: Vec<u16> = cluster
+            .view()
             .ring
             .primaries(partition)
             .into_iter()

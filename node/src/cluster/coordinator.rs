@@ -8,6 +8,14 @@
 //! repairs the replicas that answered with something older (read repair),
 //! including those that answer late.
 //!
+//! During a handoff (the ring has transfers pending) a key has two
+//! preference lists, the current ring's and the target ring's: a request
+//! goes to every node of both, and needs its quorum in each. A write is then
+//! held by W current replicas (what reads of the current ring see) and by W
+//! target replicas (what reads see once ownership flips); a read meets every
+//! write coordinated with either ring, including a write of a coordinator
+//! that already adopted the flipped ring.
+//!
 //! Invariants:
 //! - a write is acknowledged only after W replicas applied it durably (as
 //!   their durability setting says) or already held something newer;
@@ -102,7 +110,7 @@ pub async fn replicate(
         };
         let response = cluster
             .links
-            .call(node, address, &request, cluster.request_timeout)
+            .call(node, &address, &request, cluster.request_timeout)
             .await
             .map_err(|e| e.to_string())?;
         cluster.heard_from(node);
@@ -119,23 +127,37 @@ pub async fn replicate(
     }
 }
 
-/// The key's partition, its preference list and the quorum wanted (`R` or
-/// `W`: the request's override, else the cluster's, at most N); refused
-/// when fewer replicas are live than the quorum.
+/// Where one request goes and the answers it needs.
+struct QuorumPlan {
+    partition: u32,
+    /// Every node asked, once each, current list first; a node's role is
+    /// the one it has in the first list that names it.
+    replicas: Vec<meridian_ring::Replica>,
+    /// The lists whose quorum must each be met: the current preference
+    /// list and, during a handoff, the target ring's.
+    lists: Vec<Vec<u16>>,
+    /// R or W.
+    wanted: usize,
+}
+
+impl QuorumPlan {
+    /// True when `answered` holds `wanted` nodes of every list.
+    fn met(&self, answered: &[u16]) -> bool {
+        self.lists
+            .iter()
+            .all(|list| list.iter().filter(|node| answered.contains(node)).count() >= self.wanted)
+    }
+}
+
+/// The key's partition, where the request goes and the quorum wanted (`R`
+/// or `W`: the request's override, else the cluster's, at most N); refused
+/// when a list has fewer live replicas than the quorum.
 fn plan<'a>(
     shard: &'a Shard,
     key: &[u8],
     requested: Option<u8>,
     which: &str,
-) -> Result<
-    (
-        &'a super::Cluster,
-        u32,
-        meridian_ring::PreferenceList,
-        usize,
-    ),
-    Response,
-> {
+) -> Result<(&'a super::Cluster, QuorumPlan), Response> {
     let Some(cluster) = shard.cluster.as_ref() else {
         return Err(quorum_error(ErrorCode::Internal, "not clustered".into()));
     };
@@ -145,20 +167,51 @@ fn plan<'a>(
         cluster.write_quorum
     };
     let partition = shard.partitioner.partition_of(key);
-    let list = cluster.preference_list(partition);
+    let view = cluster.view();
     let wanted = requested
         .unwrap_or(configured)
-        .clamp(1, cluster.ring.replicas()) as usize;
-    if list.replicas.len() < wanted {
-        return Err(quorum_error(
-            ErrorCode::QuorumUnavailable,
-            format!(
-                "partition {partition}: {} live replicas, {which} = {wanted} needed",
-                list.replicas.len()
-            ),
-        ));
+        .clamp(1, view.ring.replicas()) as usize;
+    let is_live = |node| cluster.is_live(node);
+    let current = view.ring.preference_list_with(partition, is_live);
+    let mut replicas = current.replicas.clone();
+    let mut lists = vec![current.nodes().collect::<Vec<u16>>()];
+    if let Some(target) = &view.target {
+        let pending = target.preference_list_with(partition, is_live);
+        let nodes: Vec<u16> = pending.nodes().collect();
+        if nodes != lists[0] {
+            for replica in pending.replicas {
+                if !replicas.iter().any(|r| r.node == replica.node) {
+                    replicas.push(replica);
+                }
+            }
+            lists.push(nodes);
+        }
     }
-    Ok((cluster, partition, list, wanted))
+    for (index, list) in lists.iter().enumerate() {
+        if list.len() < wanted {
+            let which_list = if index == 0 {
+                ""
+            } else {
+                " in the handoff's target ring"
+            };
+            return Err(quorum_error(
+                ErrorCode::QuorumUnavailable,
+                format!(
+                    "partition {partition}: {} live replicas{which_list}, {which} = {wanted} needed",
+                    list.len()
+                ),
+            ));
+        }
+    }
+    Ok((
+        cluster,
+        QuorumPlan {
+            partition,
+            replicas,
+            lists,
+            wanted,
+        },
+    ))
 }
 
 /// Coordinates a PUT or DELETE.
@@ -192,18 +245,19 @@ pub async fn write(
 }
 
 /// Writes a versioned record to the key's replicas and waits for W of
-/// them: `Ok(true)` when at least one replica applied it, `Ok(false)` when
-/// the W that answered all held it or something newer. Used for clients'
-/// writes (stamped here) and for records from other datacenters (which
-/// keep their version and origin).
+/// them (in each list during a handoff): `Ok(true)` when at least one
+/// replica applied it, `Ok(false)` when the replicas that answered all held
+/// it or something newer. Used for clients' writes (stamped here) and for
+/// records from other datacenters (which keep their version and origin).
 pub async fn write_record(
     shard: &Rc<Shard>,
     record: ReplicaRecord,
     write_quorum: Option<u8>,
 ) -> Result<bool, Response> {
-    let (cluster, partition, list, wanted) = plan(shard, &record.key, write_quorum, "W")?;
+    let (cluster, plan) = plan(shard, &record.key, write_quorum, "W")?;
+    let partition = plan.partition;
     let (sender, results) = flume::unbounded();
-    for replica in &list.replicas {
+    for replica in &plan.replicas {
         let hint_for = match replica.role {
             ReplicaRole::Fallback { primary } => Some(primary),
             ReplicaRole::Primary => None,
@@ -215,22 +269,31 @@ pub async fn write_record(
             replica.node,
         );
         glommio::spawn_local(async move {
-            let _ = sender.send(replicate(&shard, node, record, hint_for).await);
+            let _ = sender.send((node, replicate(&shard, node, record, hint_for).await));
         })
         .detach();
     }
     drop(sender);
     let (acknowledged, applied, last_error) =
-        wait_for(&results, wanted, cluster.request_timeout).await;
-    if acknowledged >= wanted {
+        wait_for(&results, &plan, cluster.request_timeout).await;
+    if plan.met(&acknowledged) {
         return Ok(applied);
     }
     Err(quorum_error(
         ErrorCode::QuorumUnavailable,
         format!(
-            "{acknowledged} of {} replicas acknowledged the write of partition {partition}, W = {wanted} needed{}",
-            list.replicas.len(),
-            last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+            "{} of {} replicas acknowledged the write of partition {partition}, W = {} needed{}{}",
+            acknowledged.len(),
+            plan.replicas.len(),
+            plan.wanted,
+            if plan.lists.len() > 1 {
+                " in the current and the target ring"
+            } else {
+                ""
+            },
+            last_error
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
         ),
     ))
 }
@@ -247,24 +310,25 @@ async fn next_before<T>(results: &flume::Receiver<T>, deadline: Instant) -> Opti
     futures_lite::future::or(next, expired).await
 }
 
-/// Counts successes until `wanted`, every result, or the deadline; also
-/// whether any success applied the write (rather than holding it already).
+/// Gathers the nodes that acknowledged until the plan's quorums are met,
+/// every result is in, or the deadline passed; also whether any of them
+/// applied the write (rather than holding it already).
 async fn wait_for(
-    results: &flume::Receiver<Result<bool, String>>,
-    wanted: usize,
+    results: &flume::Receiver<(u16, Result<bool, String>)>,
+    plan: &QuorumPlan,
     timeout: Duration,
-) -> (usize, bool, Option<String>) {
-    let mut acknowledged = 0;
+) -> (Vec<u16>, bool, Option<String>) {
+    let mut acknowledged = Vec::with_capacity(plan.replicas.len());
     let mut applied = false;
     let mut last_error = None;
     let deadline = Instant::now() + timeout;
-    while acknowledged < wanted {
+    while !plan.met(&acknowledged) {
         match next_before(results, deadline).await {
-            Some(Ok(written)) => {
-                acknowledged += 1;
+            Some((node, Ok(written))) => {
+                acknowledged.push(node);
                 applied |= written;
             }
-            Some(Err(error)) => last_error = Some(error),
+            Some((_, Err(error))) => last_error = Some(error),
             None => break,
         }
     }
@@ -291,7 +355,7 @@ async fn read_replica(
         let request = PeerRequest::ReplicaRead { partition, key };
         let response = cluster
             .links
-            .call(node, address, &request, cluster.request_timeout)
+            .call(node, &address, &request, cluster.request_timeout)
             .await
             .map_err(|e| e.to_string())?;
         cluster.heard_from(node);
@@ -309,12 +373,13 @@ fn newer(candidate: &ReplicaRecord, than: Option<&ReplicaRecord>) -> bool {
 
 /// Coordinates a GET.
 pub async fn read(shard: Rc<Shard>, key: Bytes, read_quorum: Option<u8>) -> Response {
-    let (cluster, partition, list, wanted) = match plan(&shard, &key, read_quorum, "R") {
+    let (cluster, plan) = match plan(&shard, &key, read_quorum, "R") {
         Ok(plan) => plan,
         Err(refusal) => return refusal,
     };
+    let partition = plan.partition;
     let (sender, results) = flume::unbounded::<ReadAnswer>();
-    for replica in &list.replicas {
+    for replica in &plan.replicas {
         let (shard, sender, key, node, role) = (
             Rc::clone(&shard),
             sender.clone(),
@@ -329,23 +394,35 @@ pub async fn read(shard: Rc<Shard>, key: Bytes, read_quorum: Option<u8>) -> Resp
     }
     drop(sender);
     let mut answers: Vec<(u16, ReplicaRole, Option<ReplicaRecord>)> = Vec::new();
+    let mut answered: Vec<u16> = Vec::with_capacity(plan.replicas.len());
     let mut last_error = None;
     let deadline = Instant::now() + cluster.request_timeout;
-    while answers.len() < wanted {
+    while !plan.met(&answered) {
         match next_before(&results, deadline).await {
-            Some((node, role, Ok(entry))) => answers.push((node, role, entry)),
+            Some((node, role, Ok(entry))) => {
+                answered.push(node);
+                answers.push((node, role, entry));
+            }
             Some((_, _, Err(error))) => last_error = Some(error),
             None => break,
         }
     }
-    if answers.len() < wanted {
+    if !plan.met(&answered) {
         return quorum_error(
             ErrorCode::QuorumUnavailable,
             format!(
-                "{} of {} replicas answered the read of partition {partition}, R = {wanted} needed{}",
+                "{} of {} replicas answered the read of partition {partition}, R = {} needed{}{}",
                 answers.len(),
-                list.replicas.len(),
-                last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+                plan.replicas.len(),
+                plan.wanted,
+                if plan.lists.len() > 1 {
+                    " in the current and the target ring"
+                } else {
+                    ""
+                },
+                last_error
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
             ),
         );
     }
@@ -410,5 +487,49 @@ async fn repair(
                 .set(shard.counters.read_repairs.get() + 1),
             Err(error) => tracing::debug!(node, %error, "read repair failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Goal: during a handoff a quorum is met only in both lists.
+
+    use super::*;
+    use meridian_ring::{Replica, Role};
+
+    fn plan(lists: Vec<Vec<u16>>, wanted: usize) -> QuorumPlan {
+        let mut replicas: Vec<Replica> = Vec::new();
+        for node in lists.iter().flatten() {
+            if !replicas.iter().any(|r| r.node == *node) {
+                replicas.push(Replica {
+                    node: *node,
+                    role: Role::Primary,
+                });
+            }
+        }
+        QuorumPlan {
+            partition: 0,
+            replicas,
+            lists,
+            wanted,
+        }
+    }
+
+    #[test]
+    fn one_list_needs_its_quorum() {
+        let plan = plan(vec![vec![1, 2, 3]], 2);
+        assert!(!plan.met(&[1]));
+        assert!(plan.met(&[3, 1]));
+    }
+
+    #[test]
+    fn a_handoff_needs_the_quorum_in_the_current_and_the_target_list() {
+        // Current {1, 2, 3}; target {1, 2, 4}: node 4 joins, 3 hands off.
+        let plan = plan(vec![vec![1, 2, 3], vec![1, 2, 4]], 2);
+        assert_eq!(plan.replicas.len(), 4);
+        assert!(!plan.met(&[3, 4]), "one answer in each list");
+        assert!(!plan.met(&[1, 3]), "the target list has only node 1");
+        assert!(plan.met(&[1, 3, 4]));
+        assert!(plan.met(&[2, 1]));
     }
 }

@@ -119,16 +119,52 @@ impl PeerLinks {
         request: &PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, PeerError> {
-        let expired = || PeerError::Timeout {
-            node,
-            timeout_ms: timeout.as_millis() as u64,
-        };
         let deadline = std::time::Instant::now() + timeout;
         let connect = async { Some(self.connection(node, address).await) };
         let connection = match futures_lite::future::or(connect, sleep_none(timeout)).await {
             Some(connection) => connection?,
-            None => return Err(expired()),
+            None => return Err(expired(node, timeout)),
         };
+        let result = self
+            .exchange(node, &connection, request, deadline, timeout)
+            .await;
+        if connection.broken.get() {
+            self.connections.borrow_mut().remove(&node);
+        }
+        result
+    }
+
+    /// Sends `request` over a connection of its own to `address`, a node
+    /// whose id is not known yet (a seed), and closes it after the answer.
+    /// `node` only names the peer in errors.
+    pub async fn call_address(
+        &self,
+        node: u16,
+        address: &str,
+        request: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, PeerError> {
+        let deadline = std::time::Instant::now() + timeout;
+        let connect = async { Some(self.connect(node, address).await) };
+        let connection = match futures_lite::future::or(connect, sleep_none(timeout)).await {
+            Some(connection) => connection?,
+            None => return Err(expired(node, timeout)),
+        };
+        let result = self
+            .exchange(node, &connection, request, deadline, timeout)
+            .await;
+        connection.fail_all();
+        result
+    }
+
+    async fn exchange(
+        &self,
+        node: u16,
+        connection: &Rc<LinkConnection>,
+        request: &PeerRequest,
+        deadline: std::time::Instant,
+        timeout: Duration,
+    ) -> Result<PeerResponse, PeerError> {
         let request_id = connection.next_id.get();
         connection.next_id.set(request_id.wrapping_add(1).max(1));
         let (answer, reply) = flume::bounded(1);
@@ -143,7 +179,6 @@ impl PeerLinks {
                 })?;
             if !connection.queue(frame) {
                 connection.fail_all();
-                self.connections.borrow_mut().remove(&node);
                 return Err(PeerError::Closed { node });
             }
             let frame = reply
@@ -158,7 +193,7 @@ impl PeerLinks {
             None => {
                 // Forget the waiter: a late answer is dropped on arrival.
                 connection.pending.borrow_mut().remove(&request_id);
-                Err(expired())
+                Err(expired(node, timeout))
             }
         }
     }
@@ -220,14 +255,14 @@ impl PeerLinks {
             .map_err(|e| failed(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let mut hello = BytesMut::new();
-        Encoder::new(self.limits.clone())
+        Encoder::new(self.limits)
             .encode(0, &Request::Hello(self.hello.clone()), &mut hello)
             .map_err(|e| failed(e.to_string()))?;
         stream
             .write_all(&hello)
             .await
             .map_err(|e| failed(e.to_string()))?;
-        let mut decoder = Decoder::new(self.limits.clone());
+        let mut decoder = Decoder::new(self.limits);
         let mut input = BytesMut::new();
         let mut chunk = vec![0u8; 4096];
         let answer = loop {
@@ -268,6 +303,13 @@ impl PeerLinks {
         glommio::spawn_local(read_answers(Rc::clone(&connection), reader, decoder, input)).detach();
         glommio::spawn_local(write_requests(Rc::clone(&connection), writer, queued)).detach();
         Ok(connection)
+    }
+}
+
+fn expired(node: u16, timeout: Duration) -> PeerError {
+    PeerError::Timeout {
+        node,
+        timeout_ms: timeout.as_millis() as u64,
     }
 }
 

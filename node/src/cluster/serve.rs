@@ -40,16 +40,28 @@ pub async fn serve_peer(shard: Rc<Shard>, request: PeerRequest) -> Result<PeerRe
     };
     let storage = |reason: String| refuse(ErrorCode::StorageError, reason);
     match request {
-        PeerRequest::Heartbeat { node_id, .. } => {
+        PeerRequest::Heartbeat {
+            node_id,
+            ring_epoch,
+        } => {
             cluster.heard_from(node_id);
+            cluster.peer_reported_epoch(node_id, ring_epoch);
             Ok(PeerResponse::HeartbeatReply {
                 node_id: cluster.self_id,
-                ring_epoch: cluster.ring.epoch(),
+                ring_epoch: cluster.epoch(),
             })
         }
-        PeerRequest::Gossip { .. } => Ok(PeerResponse::GossipReply {
-            ring: bytes::Bytes::from(meridian_ring::encode(&cluster.ring)),
-        }),
+        PeerRequest::Gossip { ring } => {
+            // The sender's ring is adopted if it wins; either way the answer
+            // is the ring held now, so both sides end with the winner.
+            super::membership::adopt_bytes(&shard, &ring);
+            Ok(PeerResponse::GossipReply {
+                ring: bytes::Bytes::from(meridian_ring::encode(&cluster.view().ring)),
+            })
+        }
+        PeerRequest::Membership(request) => super::membership::serve(Rc::clone(&shard), request)
+            .await
+            .map_err(|(code, message)| refuse(code, message)),
         PeerRequest::ReplicaRead { partition, key } => {
             check(partition)?;
             local_peer_op(&shard, partition, PeerOp::Read { key })

@@ -141,16 +141,18 @@ impl Shard {
         let partitions = self.config.storage.partitions;
         match &self.cluster {
             None => (0..partitions).collect(),
-            Some(cluster) => (0..partitions)
-                .filter(|&partition| {
-                    cluster
-                        .ring
-                        .primaries(partition)
-                        .into_iter()
-                        .find(|&node| cluster.is_live(node))
-                        == Some(cluster.self_id)
-                })
-                .collect(),
+            Some(cluster) => {
+                let view = cluster.view();
+                (0..partitions)
+                    .filter(|&partition| {
+                        view.ring
+                            .primaries(partition)
+                            .into_iter()
+                            .find(|&node| cluster.is_live(node))
+                            == Some(cluster.self_id)
+                    })
+                    .collect()
+            }
         }
     }
 

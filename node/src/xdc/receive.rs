@@ -364,6 +364,7 @@ pub async fn vnode_call(
         return local_peer_op(shard, partition, op).await;
     }
     let primary = cluster
+        .view()
         .ring
         .primaries(partition)
         .into_iter()
@@ -387,7 +388,7 @@ pub async fn vnode_call(
     };
     cluster
         .links
-        .call(primary, address, &request, cluster.request_timeout)
+        .call(primary, &address, &request, cluster.request_timeout)
         .await
         .map_err(|e| e.to_string())
 }
