@@ -473,11 +473,20 @@ async fn apply_record(shard: &Rc<Shard>, record: XdcRecord) -> Result<Applied, S
             origin: version.origin,
             expires_at: record.expires_at,
         };
+        let (partition, key) = (replica.partition, replica.key.clone());
         return match crate::cluster::coordinator::write_record(shard, replica, None).await {
             Ok(true) => Ok(Applied::Written),
-            // The replicas do not say which version they held: report the
-            // record's own, which counts as stale but not as a conflict.
-            Ok(false) => Ok(Applied::Stale { current: version }),
+            // The replicas do not say which version they held: read it from
+            // one (so a write that lost to another datacenter's counts as a
+            // conflict); unreadable, report the record's own version, which
+            // counts as stale but not as a conflict.
+            Ok(false) => {
+                let current = match vnode_call(shard, partition, PeerOp::Read { key }).await {
+                    Ok(PeerResponse::ReplicaEntry(Some(held))) => Version::new(held.hlc, held.origin),
+                    _ => version,
+                };
+                Ok(Applied::Stale { current })
+            }
             Err(refusal) => Err(describe(refusal)),
         };
     }
