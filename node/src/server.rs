@@ -399,6 +399,16 @@ async fn run_inbox(shard: Rc<Shard>, inbox: flume::Receiver<ShardCall>) {
             } => {
                 let _ = reply.send(shard.read_records(partition, keys));
             }
+            ShardCall::PeerAddresses { reply } => {
+                let addresses = shard.cluster.as_ref().map_or_else(Vec::new, |cluster| {
+                    cluster
+                        .peers()
+                        .into_iter()
+                        .filter_map(|node| cluster.address(node).map(|a| a.to_string()))
+                        .collect()
+                });
+                let _ = reply.send(addresses);
+            }
             ShardCall::ShippedPartitions { reply } => {
                 let _ = reply.send(shard.shipped_partitions());
             }

@@ -132,6 +132,10 @@ pub enum ShardCall {
         keys: Vec<Bytes>,
         reply: flume::Sender<Result<Vec<meridian_xdc::XdcRecord>, String>>,
     },
+    /// XDC: the addresses of the ring's other members (asked of shard 0).
+    PeerAddresses {
+        reply: flume::Sender<Vec<String>>,
+    },
     /// XDC: the partitions this node ships (asked of shard 0).
     ShippedPartitions {
         reply: flume::Sender<Vec<u32>>,

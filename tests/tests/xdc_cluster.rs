@@ -76,6 +76,47 @@ fn a_three_node_datacenter_ships_and_the_next_owner_takes_over() {
         &missing[..missing.len().min(3)],
         status(&west)
     );
+    // A fullsync asked of one member runs on every live member, each for
+    // the vnodes it ships; the datacenters already agree, so nothing moves.
+    let mut client = secret_client(east.node(2));
+    let answer: serde_json::Value =
+        serde_json::from_str(&client.admin("xdc fullsync west").expect("fullsync")).expect("JSON");
+    assert_eq!(
+        answer["members_started"].as_array().map(Vec::len),
+        Some(1),
+        "{answer}"
+    );
+    for id in [2, 3] {
+        let done = wait_until(Instant::now() + CONVERGE, || {
+            link_status(east.node(id))["fullsync"]["running"] == false
+        });
+        let shown = link_status(east.node(id));
+        assert!(
+            done && shown["fullsync"]["error"].is_null(),
+            "member {id}: {shown}"
+        );
+        assert!(
+            shown["fullsync"]["buckets_compared"].as_u64() > Some(0),
+            "member {id}: {shown}"
+        );
+        assert_eq!(
+            shown["fullsync"]["records_pushed"], 0,
+            "member {id}: {shown}"
+        );
+    }
+}
+
+/// A client of an east member, with the cluster's secret.
+fn secret_client(node: &ServerProcess) -> meridian_net::client::blocking::Client {
+    let mut config = node.client_config();
+    config.credentials = Some(bytes::Bytes::from_static(b"east-members"));
+    meridian_net::client::blocking::Client::connect(config).expect("connect")
+}
+
+/// A member's first link in `xdc status`.
+fn link_status(node: &ServerProcess) -> serde_json::Value {
+    let json = secret_client(node).admin("xdc status").expect("xdc status");
+    serde_json::from_str::<serde_json::Value>(&json).expect("JSON")["links"][0].clone()
 }
 
 /// The vnodes a member ships (0 when it does not answer).

@@ -198,6 +198,9 @@ pub async fn run(executor: Rc<Executor>, link: Rc<Link>, both_ways: bool) -> Res
     progress.elapsed_ms = started.elapsed().as_millis() as u64;
     progress.eta_ms = None;
     progress.error = outcome.as_ref().err().cloned();
+    if outcome.is_ok() {
+        link.status.borrow_mut().needs_fullsync = false;
+    }
     match &outcome {
         Ok(()) => {
             tracing::info!(link = %link.spec.borrow().name, pushed = progress.records_pushed, pulled = progress.records_pulled, "xdc fullsync done")

@@ -213,7 +213,7 @@ impl Executor {
     /// Sends `table` to every other member; returns the members that took
     /// it (the others get it at their next pull).
     async fn spread(&self, table: &LinkTable) -> Vec<String> {
-        let members = self.other_members();
+        let members = self.other_members().await;
         if members.is_empty() {
             return Vec::new();
         }
@@ -254,19 +254,18 @@ impl Executor {
         taken
     }
 
-    fn other_members(&self) -> Vec<String> {
-        let own = self.config.node.node_id;
-        self.config
-            .cluster
-            .parsed_members()
-            .map(|members| {
-                members
-                    .into_iter()
-                    .filter(|member| member.id != own)
-                    .map(|member| member.address)
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// The other members of this datacenter's ring (as shard 0 sees it:
+    /// joined members included, removed ones not).
+    async fn other_members(&self) -> Vec<String> {
+        let (reply, answer) = flume::bounded(1);
+        if self.inboxes[0]
+            .send_async(ShardCall::PeerAddresses { reply })
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        answer.recv_async().await.unwrap_or_default()
     }
 
     /// Adopts `table` if it is newer than ours.
@@ -341,11 +340,15 @@ impl Executor {
             }
             "fullsync" => {
                 let name = word(1, "link name")?;
-                let both_ways = match words.get(2).map(String::as_str) {
-                    None => false,
-                    Some("both") => true,
-                    Some(other) => return Err(format!("unknown option {other:?}: {}", usage())),
-                };
+                let (mut both_ways, mut here_only) = (false, false);
+                for option in &words[2..] {
+                    match option.as_str() {
+                        "both" => both_ways = true,
+                        // Passed on by the member that took the command.
+                        "local" => here_only = true,
+                        other => return Err(format!("unknown option {other:?}: {}", usage())),
+                    }
+                }
                 let link = self
                     .links
                     .borrow()
@@ -357,8 +360,39 @@ impl Executor {
                 }
                 link.fullsync.borrow_mut().running = true;
                 glommio::spawn_local(fullsync::run(Rc::clone(self), link, both_ways)).detach();
-                Ok(serde_json::json!({ "link": name, "fullsync": "started", "both_ways": both_ways })
-                    .to_string())
+                // Each member compares the vnodes it ships: start the others.
+                let mut started_on = Vec::new();
+                if !here_only && !self.config.node.secret.is_empty() {
+                    let command = format!(
+                        "xdc fullsync {name}{} local",
+                        if both_ways { " both" } else { "" }
+                    );
+                    let (sender, results) = flume::unbounded();
+                    for address in self.other_members().await {
+                        let (config, command, sender) =
+                            (Arc::clone(&self.config), command.clone(), sender.clone());
+                        std::thread::spawn(move || {
+                            let _ = sender
+                                .send((address.clone(), admin_call(&config, &address, &command)));
+                        });
+                    }
+                    drop(sender);
+                    while let Ok((address, outcome)) = results.recv_async().await {
+                        match outcome {
+                            Ok(_) => started_on.push(address),
+                            Err(error) => {
+                                tracing::warn!(%address, %error, "fullsync not started on a member")
+                            }
+                        }
+                    }
+                }
+                Ok(serde_json::json!({
+                    "link": name,
+                    "fullsync": "started",
+                    "both_ways": both_ways,
+                    "members_started": started_on,
+                })
+                .to_string())
             }
             "disconnect" | "pause" | "resume" => {
                 let name = word(1, "link name")?;
@@ -636,7 +670,7 @@ async fn pull_tables(executor: Rc<Executor>) {
     }
     loop {
         glommio::timer::sleep(TABLE_PULL_INTERVAL).await;
-        let members = executor.other_members();
+        let members = executor.other_members().await;
         if members.is_empty() {
             return;
         }

@@ -482,7 +482,9 @@ async fn apply_record(shard: &Rc<Shard>, record: XdcRecord) -> Result<Applied, S
             // counts as stale but not as a conflict.
             Ok(false) => {
                 let current = match vnode_call(shard, partition, PeerOp::Read { key }).await {
-                    Ok(PeerResponse::ReplicaEntry(Some(held))) => Version::new(held.hlc, held.origin),
+                    Ok(PeerResponse::ReplicaEntry(Some(held))) => {
+                        Version::new(held.hlc, held.origin)
+                    }
                     _ => version,
                 };
                 Ok(Applied::Stale { current })

@@ -544,12 +544,9 @@ async fn ship(executor: &Rc<Executor>, link: &Rc<Link>, open: OpenLink) -> Strin
             link.fullsync_wanted.set(false);
             let (executor, link) = (Rc::clone(executor), Rc::clone(link));
             glommio::spawn_local(async move {
-                if super::fullsync::run(executor, Rc::clone(&link), false)
-                    .await
-                    .is_ok()
-                {
-                    link.status.borrow_mut().needs_fullsync = false;
-                }
+                // A success clears `needs_fullsync`; a failure is shown
+                // in `xdc status` and the flag stays for the operator.
+                let _ = super::fullsync::run(executor, link, false).await;
             })
             .detach();
         }
