@@ -182,7 +182,7 @@ impl KeyDir {
             None => {
                 let slot = self.high_water;
                 assert!(slot < FREE_SLOT, "key directory full");
-                if slot as usize % CHUNK_ENTRIES == 0 {
+                if (slot as usize).is_multiple_of(CHUNK_ENTRIES) {
                     self.chunks.push(Self::free_chunk());
                 }
                 self.high_water += 1;

@@ -398,38 +398,14 @@ impl Connection {
                     version: self.shard.stamp(),
                     expires_at: expiry(ttl_seconds),
                 };
-                if self
-                    .shard
-                    .xdc
-                    .sync_links
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                {
-                    return (
-                        Slot::Ready(self.write_synchronously(op, write_quorum).await),
-                        None,
-                        false,
-                    );
-                }
-                self.route(op, write_quorum).await
+                self.write(op, write_quorum).await
             }
             Request::Delete { key, write_quorum } => {
                 let op = VnodeOp::Delete {
                     key,
                     version: self.shard.stamp(),
                 };
-                if self
-                    .shard
-                    .xdc
-                    .sync_links
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                {
-                    return (
-                        Slot::Ready(self.write_synchronously(op, write_quorum).await),
-                        None,
-                        false,
-                    );
-                }
-                self.route(op, write_quorum).await
+                self.write(op, write_quorum).await
             }
             Request::MultiGet { keys } => (Slot::Ready(self.multi_get(keys).await), None, false),
             Request::MultiPut {
@@ -612,6 +588,21 @@ impl Connection {
             );
         }
         (Slot::Remote(answer), None, false)
+    }
+
+    /// Runs a PUT or DELETE: routed as usual, or, while some XDC link is
+    /// synchronous, answered only once the other datacenters have it.
+    async fn write(&self, op: VnodeOp, quorum: Option<u8>) -> (Slot, Option<u64>, bool) {
+        if self
+            .shard
+            .xdc
+            .sync_links
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let response = self.write_synchronously(op, quorum).await;
+            return (Slot::Ready(response), None, false);
+        }
+        self.route(op, quorum).await
     }
 
     /// A write while some XDC link is synchronous: written here as usual,

@@ -382,33 +382,35 @@ pub struct BucketDiff {
     pub pull: Vec<Bytes>,
 }
 
-/// Compares one bucket's entries on both sides by `(hlc, origin)`.
-pub fn diff_bucket(local: &[Summary], remote: &[Summary]) -> BucketDiff {
-    let theirs: HashMap<&[u8], Version> = remote.iter().map(|e| (&e.key[..], e.version)).collect();
-    let ours: HashMap<&[u8], Version> = local.iter().map(|e| (&e.key[..], e.version)).collect();
-    let mut diff = BucketDiff::default();
-    for entry in local {
-        if theirs
-            .get(&entry.key[..])
-            .is_none_or(|version| *version < entry.version)
-        {
-            diff.push.push(entry.key.clone());
-        }
-    }
-    for entry in remote {
-        if ours
-            .get(&entry.key[..])
-            .is_none_or(|version| *version < entry.version)
-        {
-            diff.pull.push(entry.key.clone());
-        }
-    }
-    diff
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The comparison with every entry of both sides: the oracle the
+    /// fingerprinted comparison must agree with.
+    fn diff_bucket(local: &[Summary], remote: &[Summary]) -> BucketDiff {
+        let theirs: HashMap<&[u8], Version> =
+            remote.iter().map(|e| (&e.key[..], e.version)).collect();
+        let ours: HashMap<&[u8], Version> = local.iter().map(|e| (&e.key[..], e.version)).collect();
+        let mut diff = BucketDiff::default();
+        for entry in local {
+            if theirs
+                .get(&entry.key[..])
+                .is_none_or(|version| *version < entry.version)
+            {
+                diff.push.push(entry.key.clone());
+            }
+        }
+        for entry in remote {
+            if ours
+                .get(&entry.key[..])
+                .is_none_or(|version| *version < entry.version)
+            {
+                diff.pull.push(entry.key.clone());
+            }
+        }
+        diff
+    }
 
     fn summary(key: &str, hlc: u64) -> Summary {
         Summary {

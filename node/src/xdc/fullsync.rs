@@ -147,19 +147,13 @@ impl Session {
 }
 
 async fn local_op(executor: &Executor, partition: u32, op: PeerOp) -> Result<PeerResponse, String> {
-    let (reply, answer) = flume::bounded(1);
-    executor.inboxes[executor.partitioner.shard_of_partition(partition)]
-        .send_async(ShardCall::Peer {
+    executor
+        .ask_owner(partition, |reply| ShardCall::Peer {
             partition,
             op,
             reply,
         })
-        .await
-        .map_err(|_| "a shard stopped".to_string())?;
-    answer
-        .recv_async()
-        .await
-        .map_err(|_| "a shard stopped".to_string())?
+        .await?
         .map_err(|(code, message)| format!("{code}: {message}"))
 }
 
@@ -327,19 +321,13 @@ async fn read_records(
     partition: u32,
     keys: Vec<Bytes>,
 ) -> Result<Vec<XdcRecord>, String> {
-    let (reply, answer) = flume::bounded(1);
-    executor.inboxes[executor.partitioner.shard_of_partition(partition)]
-        .send_async(ShardCall::ReadRecords {
+    executor
+        .ask_owner(partition, |reply| ShardCall::ReadRecords {
             partition,
             keys,
             reply,
         })
-        .await
-        .map_err(|_| "a shard stopped".to_string())?;
-    answer
-        .recv_async()
-        .await
-        .map_err(|_| "a shard stopped".to_string())?
+        .await?
 }
 
 fn open_limits(executor: &Executor) -> Limits {
@@ -356,14 +344,8 @@ async fn apply_here(executor: &Executor, records: Vec<XdcRecord>) -> Result<(), 
     if records.is_empty() {
         return Ok(());
     }
-    let (reply, answer) = flume::bounded(1);
-    executor.inboxes[0]
-        .send_async(ShardCall::XdcApply { records, reply })
-        .await
-        .map_err(|_| "shard 0 stopped".to_string())?;
-    answer
-        .recv_async()
-        .await
-        .map_err(|_| "shard 0 stopped".to_string())?
+    executor
+        .ask(0, |reply| ShardCall::XdcApply { records, reply })
+        .await?
         .map(|_| ())
 }

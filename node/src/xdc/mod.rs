@@ -141,17 +141,36 @@ impl Executor {
         self.shutdown.load(Ordering::Relaxed)
     }
 
+    /// Sends shard `shard` the call `make` builds around a reply channel
+    /// and waits for the answer.
+    pub async fn ask<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(flume::Sender<T>) -> ShardCall,
+    ) -> Result<T, String> {
+        let stopped = || format!("shard {shard} stopped");
+        let (reply, answer) = flume::bounded(1);
+        self.inboxes[shard]
+            .send_async(make(reply))
+            .await
+            .map_err(|_| stopped())?;
+        answer.recv_async().await.map_err(|_| stopped())
+    }
+
+    /// [`Executor::ask`] of the shard that owns `partition`.
+    pub async fn ask_owner<T>(
+        &self,
+        partition: u32,
+        make: impl FnOnce(flume::Sender<T>) -> ShardCall,
+    ) -> Result<T, String> {
+        self.ask(self.partitioner.shard_of_partition(partition), make)
+            .await
+    }
+
     /// The partitions this node ships (asked of shard 0).
     pub async fn shipped_partitions(&self) -> Result<Vec<u32>, String> {
-        let (reply, answer) = flume::bounded(1);
-        self.inboxes[0]
-            .send_async(ShardCall::ShippedPartitions { reply })
+        self.ask(0, |reply| ShardCall::ShippedPartitions { reply })
             .await
-            .map_err(|_| "shard 0 stopped".to_string())?;
-        answer
-            .recv_async()
-            .await
-            .map_err(|_| "shard 0 stopped".to_string())
     }
 
     /// Starts tasks for new links, stops removed ones (their cursors and
@@ -257,15 +276,9 @@ impl Executor {
     /// The other members of this datacenter's ring (as shard 0 sees it:
     /// joined members included, removed ones not).
     async fn other_members(&self) -> Vec<String> {
-        let (reply, answer) = flume::bounded(1);
-        if self.inboxes[0]
-            .send_async(ShardCall::PeerAddresses { reply })
+        self.ask(0, |reply| ShardCall::PeerAddresses { reply })
             .await
-            .is_err()
-        {
-            return Vec::new();
-        }
-        answer.recv_async().await.unwrap_or_default()
+            .unwrap_or_default()
     }
 
     /// Adopts `table` if it is newer than ours.
@@ -447,15 +460,11 @@ impl Executor {
                 if positions.is_empty() {
                     continue;
                 }
-                let (reply, answer) = flume::bounded(1);
-                if self.inboxes[shard]
-                    .send_async(ShardCall::CursorLags { positions, reply })
+                let lags = self
+                    .ask(shard, |reply| ShardCall::CursorLags { positions, reply })
                     .await
-                    .is_err()
-                {
-                    continue;
-                }
-                for (_, lag) in answer.recv_async().await.unwrap_or_default() {
+                    .unwrap_or_default();
+                for (_, lag) in lags {
                     bytes_behind += lag.bytes_behind;
                     if let Some(hlc) = lag.oldest_unshipped_hlc {
                         oldest = Some(oldest.map_or(hlc, |o| o.min(hlc)));

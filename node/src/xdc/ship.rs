@@ -835,15 +835,9 @@ async fn feed_lanes(executor: &Executor, link: &Link, name: &str) -> Result<usiz
         if reads.is_empty() {
             continue;
         }
-        let (reply, answer) = flume::bounded(1);
-        executor.inboxes[shard]
-            .send_async(ShardCall::TailReads { reads, reply })
-            .await
-            .map_err(|_| "a shard stopped".to_string())?;
-        let answers: Vec<TailAnswer> = answer
-            .recv_async()
-            .await
-            .map_err(|_| "a shard stopped".to_string())?;
+        let answers: Vec<TailAnswer> = executor
+            .ask(shard, |reply| ShardCall::TailReads { reads, reply })
+            .await?;
         let now = now_ms();
         let mut lanes = link.lanes.borrow_mut();
         for answer in answers {
