@@ -35,10 +35,18 @@
 //!   error ([`ClientError::Connect`]) names each address of the last round
 //!   and why it failed.
 //!
-//! - [`ring`] and [`routing`]: the ring read from CLUSTERINFO, and
-//!   [`routing::RoutingClient`], a blocking client that sends each key
-//!   straight to one of its replicas. The plain clients talk to the first
-//!   address that answers, and that node coordinates.
+//! Routing by the ring (the plain clients talk to the first address that
+//! answers, and that node coordinates any key):
+//! - [`ring`]: the ring read from CLUSTERINFO. No I/O, no runtime.
+//! - [`routing`]: [`routing::Router`], the runtime-free rules both
+//!   ring-aware clients share (a key's targets, its replicas then a seed
+//!   client on the whole configuration; when to read the ring again; the
+//!   epoch only rises; which failures go on to the next target), and
+//!   [`RoutingClient`], the blocking ring-aware client.
+//! - [`async_routing`] (feature `tokio`): [`AsyncRoutingClient`], the async
+//!   one, a `Clone` handle with one pipelined connection per node; its
+//!   periodic refresh runs in a spawned task. Its seed client keeps the
+//!   datacenter failover above.
 
 pub mod blocking;
 pub mod core;
@@ -50,10 +58,16 @@ pub mod routing;
 mod fake;
 
 #[cfg(feature = "tokio")]
+pub mod async_routing;
+#[cfg(feature = "tokio")]
 pub mod asynchronous;
 
 pub use self::core::{ClientConfig, ServerHello};
 pub use self::failover::{ConnectFailure, Datacenter};
+pub use self::routing::RoutingClient;
+
+#[cfg(feature = "tokio")]
+pub use self::async_routing::AsyncRoutingClient;
 
 use std::time::Duration;
 
