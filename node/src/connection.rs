@@ -334,7 +334,22 @@ impl Connection {
         if self.role == Some(Role::Peer) && peer::is_peer_request(frame.opcode) {
             return self.execute_peer(&frame);
         }
-        if self.role == Some(Role::Xdc) && is_xdc_request(frame.opcode) {
+        if self.role == Some(Role::Xdc) {
+            // An xdc connection skipped node.secret at HELLO (it proves
+            // xdc.secret instead): it carries XDC frames and nothing else.
+            if !is_xdc_request(frame.opcode) {
+                return (
+                    Slot::Ready(error(
+                        ErrorCode::UnknownOpcode,
+                        format!(
+                            "{} is not an XDC request: an xdc link carries only XDC frames",
+                            frame.opcode
+                        ),
+                    )),
+                    None,
+                    true,
+                );
+            }
             return match self.xdc.handle(&self.shard, frame) {
                 crate::xdc::receive::Step::Answer { answer, close } => {
                     (Slot::Xdc(answer), None, close)

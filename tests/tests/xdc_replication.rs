@@ -306,6 +306,28 @@ fn links_are_refused_with_their_reason() {
     );
     let (_, _, message) = exchange.final_error();
     assert!(message.contains("protocol version 9"), "{message}");
+    // An xdc connection skips node.secret (it proves xdc.secret instead),
+    // so it carries nothing but XDC frames: a GET on it is refused.
+    let mut bytes = meridian_tests::raw::frame(
+        meridian_net::PROTOCOL_VERSION,
+        meridian_net::Opcode::HELLO,
+        1,
+        &[meridian_net::PROTOCOL_VERSION, 3, 0, 0, 0, 0, 0],
+    );
+    bytes.extend(meridian_tests::raw::request(
+        2,
+        &meridian_net::Request::Get {
+            key: bytes::Bytes::from_static(b"k"),
+            read_quorum: None,
+        },
+    ));
+    let exchange = meridian_tests::raw::exchange(
+        west.address(),
+        &bytes,
+        Instant::now() + Duration::from_secs(10),
+    );
+    let (_, _, message) = exchange.final_error();
+    assert!(message.contains("carries only XDC frames"), "{message}");
 }
 
 #[test]

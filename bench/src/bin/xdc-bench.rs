@@ -48,8 +48,11 @@ const RECORD_HEADER_BYTES: u64 = meridian_xdc::format::RECORD_HEADER_LEN as u64;
 const BATCH_HEADER_BYTES: u64 = meridian_xdc::format::BATCH_HEADER_LEN as u64;
 /// Round trips added to the link, milliseconds.
 const ADDED_RTTS_MS: [u64; 3] = [0, 50, 150];
-/// Fractions of the local maximum write rate.
-const LOADS: [f64; 2] = [0.5, 0.9];
+/// Fractions of the local maximum write rate. The issue asks for 50% and
+/// 90%; 5% is added because on this 2-core machine the remote, the writer
+/// and the lag poller share one core, which saturates at the higher
+/// loads: at 5% the poller keeps up and the lag measured is the link's.
+const LOADS: [f64; 3] = [0.05, 0.5, 0.9];
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Cross-datacenter replication benchmark (lag, bytes, fullsync, cost)")]
