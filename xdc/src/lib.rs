@@ -7,7 +7,16 @@
 //! its link, feeds each body to the remote [`Receiver`] (which applies the
 //! records through the caller's [`Apply`] and answers with an ACK body), and
 //! hands the ACKs back to the shipper, which moves its acknowledged
-//! position; only then is the position persisted ([`CursorFile`]).
+//! position; only then is the position persisted ([`CursorFile`] for one
+//! vnode; the server keeps every vnode of a link in one file instead, so a
+//! save costs one fsync whatever the ring size).
+//!
+//! A server whose logs live on other cores drives the shipper in steps
+//! ([`Shipper::read_request`], [`Shipper::feed`], [`Shipper::take_due`])
+//! and the receiver in two ([`Receiver::open`], apply asynchronously,
+//! [`Receiver::close`]). Link negotiation (introductions and HMAC proofs of
+//! the secret) is [`handshake`]; fullsync's bodies and bucket comparison
+//! are [`fullsync`].
 //!
 //! Invariants the crate keeps, end to end:
 //! - a record is never shipped back to the datacenter that stamped it, and
