@@ -342,7 +342,12 @@ fn pause_keeps_the_place_and_resume_ships_the_rest() {
         == "paused"));
     let mut client = east.client();
     client.put(b"while-paused", b"held").expect("put");
+    // The paused link shows the write as held back, and west lacks it.
+    assert!(wait_until(Instant::now() + CONVERGE, || {
+        status(&east)["links"][0]["log_bytes_behind"].as_u64() > Some(0)
+    }));
     std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status(&east)["links"][0]["state"], "paused");
     assert!(west.client().get(b"while-paused").expect("get").is_none());
     assert!(east.cli(&["xdc", "resume", "west"]).status.success());
     let expected = vec![("while-paused".to_string(), b"held".to_vec())];
