@@ -2,15 +2,14 @@
 //! (N, racks), growing 1..64 then shrinking in a scrambled order, and each
 //! size where movement passes 1.25 × the ideal (`size:ratio`, leaves as
 //! `-size:moved/owned`) or a window is short (`size:vNODESrRACKS`).
-//! Method: `cargo test -p meridian-ring --test claim_measure -- --ignored
-//! --nocapture`.
+//! `cargo run --release -p meridian-ring --example claim_racks_report`
+#[path = "../tests/common.rs"]
+#[allow(dead_code)]
 mod common;
 use common::{member, owned, rack_violations, settle};
 use meridian_ring::{plan_join, plan_leave, window_violations, Ring};
 
-#[test]
-#[ignore]
-fn print_worst_ratios_with_racks() {
+fn main() {
     for replicas in 2..=5u8 {
         for racks in 1..=u16::from(replicas) + 2 {
             let mut ring = Ring::new("test", 256, replicas, member(0, racks)).expect("ring");
