@@ -325,3 +325,30 @@ pub fn read_all(
         }
     }
 }
+
+/// The node id that coordinated a write, from its version's origin
+/// (datacenter 8 bits, node 16 bits, shard 8 bits).
+pub fn coordinator_of(origin: u32) -> u16 {
+    (origin >> 8) as u16
+}
+
+/// Member `id`'s ring as a routing client reads it, and each member's
+/// address → node id.
+pub fn ring_of(
+    cluster: &TestCluster,
+    id: usize,
+) -> (meridian_net::client::ring::ClientRing, HashMap<String, u16>) {
+    let info = cluster.try_cluster_info(id).expect("CLUSTERINFO");
+    let ring = meridian_net::client::ring::ClientRing::from_cluster_info(&info.to_string())
+        .expect("a routable ring");
+    let ids = info["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            let address = m["address"].as_str().expect("address").to_string();
+            (address, m["node_id"].as_u64().expect("id") as u16)
+        })
+        .collect();
+    (ring, ids)
+}

@@ -17,31 +17,10 @@ use std::time::{Duration, Instant};
 
 use meridian_net::client::ring::ClientRing;
 use meridian_net::client::routing::RoutingClient;
-use meridian_tests::cluster::TestCluster;
+use meridian_tests::cluster::{coordinator_of, ring_of, TestCluster};
 use meridian_tests::wait_until;
 
 const KEYS: usize = 200;
-
-/// The node id that coordinated a write, from its version's origin.
-fn coordinator_of(origin: u32) -> u16 {
-    (origin >> 8) as u16
-}
-
-/// The ring of member `id` and each member's address → id.
-fn ring_of(cluster: &TestCluster, id: usize) -> (ClientRing, HashMap<String, u16>) {
-    let info = cluster.try_cluster_info(id).expect("CLUSTERINFO");
-    let ring = ClientRing::from_cluster_info(&info.to_string()).expect("a routable ring");
-    let ids = info["members"]
-        .as_array()
-        .expect("members")
-        .iter()
-        .map(|m| {
-            let address = m["address"].as_str().expect("address").to_string();
-            (address, m["node_id"].as_u64().expect("id") as u16)
-        })
-        .collect();
-    (ring, ids)
-}
 
 /// Writes keys `prefix-n`; counts those coordinated by a non-replica.
 fn writes_off_replica(
