@@ -33,6 +33,7 @@ mod error;
 pub mod format;
 mod fsutil;
 mod hints;
+pub mod journal;
 mod keydir;
 mod mapped;
 mod options;
