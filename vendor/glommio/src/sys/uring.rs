@@ -893,6 +893,8 @@ struct SleepableRing {
     task_queue_stats: AHashMap<TaskQueueHandle, RingIoStats>,
     source_map: Rc<RefCell<SourceMap>>,
     in_kernel: usize,
+    // MERIDIAN PATCH: completions consumed so far (see `Reactor::wait`).
+    completed: u64,
 }
 
 impl SleepableRing {
@@ -940,6 +942,7 @@ impl SleepableRing {
             task_queue_stats: AHashMap::new(),
             source_map,
             in_kernel: 0,
+            completed: 0, // MERIDIAN PATCH
         })
     }
 
@@ -1208,6 +1211,7 @@ impl UringCommon for SleepableRing {
         )
         .map(|x| {
             self.in_kernel -= 1;
+            self.completed += 1; // MERIDIAN PATCH
             x
         })
     }
@@ -1249,7 +1253,11 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    // MERIDIAN PATCH: when the pending latency preemption timer fires.
+    latency_preemption_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    // MERIDIAN PATCH: the main ring's completion count when it was armed.
+    throughput_armed_at: Cell<u64>,
 
     link_fd: RawFd,
 
@@ -1392,7 +1400,9 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_deadline: Cell::new(None), // MERIDIAN PATCH
             throughput_preemption_timeout_src: Cell::new(None),
+            throughput_armed_at: Cell::new(0), // MERIDIAN PATCH
             blocking_thread,
             link_fd,
             notifier,
@@ -1859,22 +1869,66 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // MERIDIAN PATCH: upstream cancels both preemption timers and arms
+        // new ones on every call, i.e. on every executor loop iteration: two
+        // cancellations, two timeouts and an eventfd write through both rings
+        // (four io_uring_enter calls) per iteration. A latency timer that is
+        // still pending, fires no later than a fresh one would and leaves at
+        // least half a quota is kept, unless we may sleep (then it is
+        // cancelled as upstream does, so that it does not wake us). The
+        // throughput timer (fires after `ring_depth` completions) is kept
+        // while pending and young (below). See vendor/README.md.
+        let mut kept_latency_timer = None;
+        if let (Some(preempt), Some(src)) =
+            (preempt_timer(), self.latency_preemption_timeout_src.take())
+        {
+            let now = Instant::now();
+            let pending = src.inner.borrow().wakers.result.is_none();
+            match self.latency_preemption_deadline.get() {
+                Some(deadline)
+                    if pending && deadline <= now + preempt && deadline >= now + preempt / 2 =>
+                {
+                    kept_latency_timer = Some(src);
+                }
+                _ => drop(src),
+            }
+        } else {
+            // Cancel the old timer regardless of whether we can sleep:
+            // if we won't sleep, we will register the new timer with its new
+            // value.
+            //
+            // But if we will sleep, there might be a timer registered that needs
+            // to be removed otherwise we'll wake up when it expires.
+            drop(self.latency_preemption_timeout_src.take());
+        }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // The throughput timer is re-armed once half of its completions have
+        // come, so it still never fires while the loop keeps turning (it
+        // fires when a task queue runs long enough to let `ring_depth`
+        // completions pile up, its purpose). Firing when the loop turns would
+        // cost its linked eventfd write, which io_uring hands to an io-wq
+        // worker thread: far more than re-arming it.
+        let since_armed = main_ring.completed - self.throughput_armed_at.get();
+        let throughput_timer = self
+            .throughput_preemption_timeout_src
+            .take()
+            .filter(|src| {
+                src.inner.borrow().wakers.result.is_none()
+                    && since_armed < self.ring_depth() as u64 / 2
+            });
+        let throughput_pending = throughput_timer.is_some();
+        self.throughput_preemption_timeout_src.set(throughput_timer);
+        if !throughput_pending {
+            self.throughput_armed_at.set(main_ring.completed);
+            self.throughput_preemption_timeout_src.replace(Some(
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            ));
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1898,6 +1952,7 @@ impl Reactor {
             if let Some(dur) = user_timer {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                self.latency_preemption_deadline.set(None); // MERIDIAN PATCH: never kept
                 assert!(flush_rings!(lat_ring)? > 0);
             }
             // From this moment on the remote executors are aware that we are sleeping
@@ -1925,8 +1980,15 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            // MERIDIAN PATCH: reuse the still pending timer kept above.
+            if let (Some(src), false) = (kept_latency_timer, should_sleep) {
+                self.latency_preemption_timeout_src.set(Some(src));
+            } else {
+                let now = Instant::now();
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                self.latency_preemption_deadline.set(Some(now + preempt));
+            }
             flush_rings!(lat_ring, main_ring)?;
         }
 
