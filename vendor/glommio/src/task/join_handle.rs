@@ -100,7 +100,9 @@ impl<R> Drop for JoinHandle<R> {
                 }
 
                 let state = (*header).state;
-                let refs = (*header).references.load(Ordering::Relaxed);
+                // MERIDIAN PATCH: Acquire (was Relaxed): zero here may free
+                // the task, after a foreign thread's release decrement.
+                let refs = (*header).references.load(Ordering::Acquire);
 
                 // If the task has been completed but not yet closed, that means its output
                 // must be dropped.

@@ -282,7 +282,10 @@ where
     #[inline]
     #[track_caller]
     fn decrement_references(header: &Header) -> i16 {
-        let refs = header.references.fetch_sub(1, Ordering::Relaxed);
+        // MERIDIAN PATCH: AcqRel (was Relaxed), so the owner that sees the
+        // count reach zero and frees the task also sees every access a
+        // foreign thread made before its own (release) decrement.
+        let refs = header.references.fetch_sub(1, Ordering::AcqRel);
         assert_ne!(refs, 0, "Waker invariant broken: {header:?}");
         refs - 1
     }
@@ -300,17 +303,41 @@ where
 
             if Self::thread_id() != Some(raw.my_id()) {
                 dbg_context!(ptr, "foreign", {
-                    // In case the task complete before the last foreign waker
-                    // is dropped, schedule it once more to ensure the task
-                    // will be destroyed
-                    if Self::decrement_references(&*(raw.header as *mut Header)) == 0 {
-                        let notifier = raw.notifier();
-                        notifier.queue_waker(
-                            Waker::from_raw(Self::clone_waker(ptr)),
-                            (*raw.header).latency_matters,
-                        );
+                    // MERIDIAN PATCH: a foreign thread never takes the count
+                    // to zero. Upstream decremented first and, on reaching
+                    // zero, cloned the waker (back to one) to queue it to the
+                    // owner. Between the two the owner could see zero
+                    // references (`JoinHandle::drop` of a completed task reads
+                    // the count) and free the task; the clone then wrote into
+                    // freed memory and the queued waker freed the task again
+                    // (glibc: "double free or corruption"). Now the last
+                    // reference is handed to the owning executor as it is,
+                    // and any other is dropped with a compare-and-swap that
+                    // cannot pass through zero. See vendor/README.md.
+                    let header = &*(raw.header as *const Header);
+                    let mut refs = header.references.load(Ordering::Acquire);
+                    loop {
+                        assert_ne!(refs, 0, "Waker invariant broken: {header:?}");
+                        if refs == 1 {
+                            // The last reference: the owner drops it (and
+                            // destroys or closes the task) when it runs the
+                            // queued waker.
+                            raw.notifier().queue_waker(
+                                Waker::from_raw(RawWaker::new(ptr, &Self::RAW_WAKER_VTABLE)),
+                                header.latency_matters,
+                            );
+                            return;
+                        }
+                        match header.references.compare_exchange_weak(
+                            refs,
+                            refs - 1,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        ) {
+                            Ok(_) => return,
+                            Err(current) => refs = current,
+                        }
                     }
-                    return;
                 });
             }
 
