@@ -323,20 +323,34 @@ pub struct ReplayReport {
 }
 
 /// Hands every entry of every journal file in `directory` to `apply`, oldest
-/// first. A bad entry in the newest file ends the replay there (a torn
-/// batch); in an older file it is refused as corruption naming file and
-/// offset. `apply`'s first error stops the replay and is returned.
+/// first. A bad entry in the newest file a batch reached ends the replay
+/// there (a torn batch; files prepared after it hold nothing); in an older
+/// file it is refused as corruption naming file and offset. `apply`'s first
+/// error stops the replay and is returned.
 pub fn replay(
     directory: &Path,
     mut apply: impl FnMut(JournalEntry<'_>) -> Result<()>,
 ) -> Result<ReplayReport> {
-    let files = journal_files(directory)?;
+    let mut files = Vec::new();
+    for (sequence, path) in journal_files(directory)? {
+        let bytes = fs::read(&path).map_err(|e| Error::io("read journal file", &path, e))?;
+        files.push((sequence, path, bytes));
+    }
+    // The newest file any batch went to: a server prepares its next file
+    // ahead, so the file being written is not always the last one. A file
+    // no batch reached has zeros where its first entry would be.
+    let newest_written = files
+        .iter()
+        .rposition(|(_, _, bytes)| {
+            bytes
+                .get(JOURNAL_HEADER_LEN..JOURNAL_HEADER_LEN + ENTRY_HEADER_LEN)
+                .is_some_and(|first| first.iter().any(|&byte| byte != 0))
+        })
+        .unwrap_or(0);
     let mut report = ReplayReport::default();
-    let newest = files.last().map(|(sequence, _)| *sequence);
-    for (sequence, path) in &files {
-        let bytes = fs::read(path).map_err(|e| Error::io("read journal file", path, e))?;
-        let is_newest = Some(*sequence) == newest;
-        match decode_header(&bytes) {
+    for (index, (sequence, path, bytes)) in files.iter().enumerate() {
+        let is_newest = index >= newest_written;
+        match decode_header(bytes) {
             Ok(stored) if stored == *sequence => {}
             Ok(stored) => {
                 return Err(Error::corrupt(
@@ -487,12 +501,35 @@ mod tests {
         assert_eq!(seen.len(), 1);
         assert!(report.torn_bytes > 0);
 
-        // The same damage in a file that is not the newest is corruption.
-        PreparedFile::create(dir.path(), 2, 4096).expect("prepare");
+        // The same damage in a file before one a batch reached is corruption.
+        let next = PreparedFile::create(dir.path(), 2, 4096).expect("prepare");
+        writer.switch_to(next);
+        writer.append(1, &fields(b"k3", b"v", 3));
+        writer.take_batch().expect("batch").write().expect("write");
         let error = collect(dir.path()).expect_err("refused");
         let message = error.to_string();
         assert!(message.contains("0000000000000001.journal"), "{message}");
         assert!(message.contains("corrupt"), "{message}");
+    }
+
+    #[test]
+    fn a_torn_batch_before_a_prepared_empty_file_is_cut_not_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = PreparedFile::create(dir.path(), 1, 4096).expect("prepare");
+        let mut writer = JournalWriter::new(dir.path(), first, 4096);
+        writer.append(1, &fields(b"k1", b"v", 1));
+        writer.take_batch().expect("batch").write().expect("write");
+        writer.append(1, &fields(b"k2", b"v", 2));
+        let batch = writer.take_batch().expect("batch");
+        batch
+            .file
+            .write_all_at(&batch.bytes[..batch.bytes.len() / 2], batch.offset)
+            .expect("write");
+        // The next file, prepared ahead; no batch reached it.
+        PreparedFile::create(dir.path(), 2, 4096).expect("prepare");
+        let (seen, report) = collect(dir.path()).expect("a torn tail, not corruption");
+        assert_eq!(seen, vec![(1, b"k1".to_vec(), 1)]);
+        assert!(report.torn_bytes > 0);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod config;
 pub mod connection;
 pub mod hlc;
 pub mod info;
+pub mod journal;
 pub mod metrics;
 pub mod partition;
 pub mod server;

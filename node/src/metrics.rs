@@ -21,6 +21,10 @@ pub struct ShardCounters {
     pub connections: Cell<u64>,
     pub syncs: Cell<u64>,
     pub sync_failures: Cell<u64>,
+    /// Bytes of journal entries written by sync cycles.
+    pub journal_bytes: Cell<u64>,
+    /// Checkpoints completed (every store synced, old journal files gone).
+    pub checkpoints: Cell<u64>,
     pub compactions: Cell<u64>,
     pub read_repairs: Cell<u64>,
     pub hints_delivered: Cell<u64>,
@@ -54,6 +58,8 @@ impl ShardCounters {
             connections: self.connections.get(),
             syncs: self.syncs.get(),
             sync_failures: self.sync_failures.get(),
+            journal_bytes: self.journal_bytes.get(),
+            checkpoints: self.checkpoints.get(),
             compactions: self.compactions.get(),
             read_repairs: self.read_repairs.get(),
             hints_delivered: self.hints_delivered.get(),
@@ -71,7 +77,7 @@ impl ShardCounters {
 /// Renders shard reports as Prometheus text.
 pub fn render_prometheus(reports: &[ShardReport]) -> String {
     type Field = fn(&ShardReport) -> u64;
-    let metrics: [(&str, &str, &str, Field); 25] = [
+    let metrics: [(&str, &str, &str, Field); 27] = [
         (
             "meridian_requests_total",
             "counter",
@@ -131,6 +137,18 @@ pub fn render_prometheus(reports: &[ShardReport]) -> String {
             "counter",
             "Failed fdatasyncs",
             |r| r.sync_failures,
+        ),
+        (
+            "meridian_journal_bytes_total",
+            "counter",
+            "Bytes of journal entries written by group commits",
+            |r| r.journal_bytes,
+        ),
+        (
+            "meridian_checkpoints_total",
+            "counter",
+            "Journal checkpoints (every vnode synced, older journal files removed)",
+            |r| r.checkpoints,
         ),
         (
             "meridian_compactions_total",

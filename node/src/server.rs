@@ -57,6 +57,7 @@ pub fn run(mut config: Config) -> Result<(), String> {
             config.storage.data_dir.display()
         )
     })?;
+    crate::journal::recover(&config)?;
     let (reservation, address) = reserve_port(config.node.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.node.listen))?;
     config.node.listen = address;

@@ -1,19 +1,31 @@
-//! One shard: the vnodes a core owns, its clock, and its group commit.
+//! One shard: the vnodes a core owns, its clock, its journal and its group
+//! commit.
 //!
 //! A shard is driven by one glommio executor and shares nothing with other
 //! shards: another shard's request arrives over the shard's bounded inbox
 //! (a flume channel) and is answered over a one-shot reply channel.
 //!
-//! Group commit: a write under `sync` durability is applied to its store at
-//! once and then waits for the *next sync cycle to start* (`sync_started +
-//! 1`). A cycle takes every store's sync plan, fdatasyncs the files off the
-//! core, and marks the stores synced; every write applied before the cycle
-//! started is covered by it, so all writes that arrive together share one
-//! fdatasync per file.
+//! Durability (`periodic` and `sync`): every write a vnode store accepts is
+//! also appended to the shard's journal (the engine's `journal`). A *sync
+//! cycle* writes the entries appended since the last one and fdatasyncs the
+//! one journal file through io_uring, however many vnodes they touched. A
+//! write under `sync` is applied to its store at once and then waits for the
+//! *next cycle to start* (`sync_started + 1`); all writes that arrive
+//! together share one fdatasync (group commit). Under `periodic` a cycle
+//! runs every `sync_interval_ms`. The stores write through their maps and
+//! are synced only at a *checkpoint*: when the journal file is full, the
+//! writer switches to a prepared file, every store syncs, and the older
+//! journal files are removed. Start-up replays what is left (`journal`).
 //!
 //! Invariants:
 //! - `sync_completed <= sync_started`; a waiter for epoch `e` is released
 //!   only when `sync_completed >= e` (or with an error if that cycle failed);
+//! - every write a store accepted is in the journal's pending entries, or in
+//!   a journal file, or synced in its store (and then its journal file may
+//!   be gone): a journal file is removed only after a checkpoint synced
+//!   every store;
+//! - after a journal write or fdatasync failed, the shard accepts no write
+//!   (the kernel may have dropped the pages) until it is restarted;
 //! - a vnode's store lives in exactly one shard.
 
 use std::cell::{Cell, RefCell};
@@ -27,7 +39,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use meridian_engine::{Applied, Options, RecordKind, Store, Version};
+use meridian_engine::journal::{JournalWriter, PreparedFile};
+use meridian_engine::{Applied, Options, RecordKind, Store, Version, WriteReceipt};
 use meridian_net::message::{Version as WireVersion, VersionedValue};
 use meridian_net::{ErrorCode, Response};
 
@@ -161,6 +174,8 @@ pub struct ShardReport {
     pub connections: u64,
     pub syncs: u64,
     pub sync_failures: u64,
+    pub journal_bytes: u64,
+    pub checkpoints: u64,
     pub compactions: u64,
     pub read_repairs: u64,
     pub hints_delivered: u64,
@@ -200,6 +215,13 @@ pub struct Shard {
     sync_failures: RefCell<Vec<(u64, String)>>,
     sync_waiters: RefCell<Vec<Waker>>,
     sync_loop_waker: RefCell<Option<Waker>>,
+    /// The write-ahead journal; `None` under `durability = "none"`.
+    journal: RefCell<Option<JournalWriter>>,
+    /// The next journal file, zero-filled in the background.
+    spare_journal: RefCell<Option<PreparedFile>>,
+    checkpointing: Cell<bool>,
+    /// Why writes are refused since a journal write or sync failed.
+    journal_failure: RefCell<Option<String>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -238,8 +260,24 @@ impl std::hash::Hasher for PartitionHasher {
 /// 2^64 / golden ratio.
 const FIBONACCI_MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
 
-/// The partition number that names the hint store in sync plans.
-const HINT_STORE: u32 = u32::MAX;
+/// The partition number that names the hint store in sync plans and in the
+/// journal.
+pub const HINT_STORE: u32 = u32::MAX;
+
+/// Where vnode `partition`'s store lives.
+pub fn vnode_directory(data_dir: &std::path::Path, partition: u32) -> PathBuf {
+    data_dir.join(format!("vnode-{partition:05}"))
+}
+
+/// Where shard `shard`'s hint store lives.
+pub fn hint_directory(data_dir: &std::path::Path, shard: usize) -> PathBuf {
+    data_dir.join(format!("hints-shard-{shard:03}"))
+}
+
+/// Where shard `shard`'s journal files live.
+pub fn journal_directory(data_dir: &std::path::Path, shard: usize) -> PathBuf {
+    data_dir.join("journal").join(format!("shard-{shard:03}"))
+}
 
 /// Failed sync epochs remembered for waiters that poll late.
 const SYNC_FAILURES_KEPT: usize = 64;
@@ -274,6 +312,18 @@ impl Shard {
         let partitioner = Partitioner::new(config.storage.partitions, inboxes.len());
         let origin = origin(config.node.datacenter_id, config.node.node_id, index as u8);
         let cluster = crate::cluster::Cluster::build(&config)?;
+        let journal = if config.journaled() {
+            let directory = journal_directory(&config.storage.data_dir, index);
+            let next = meridian_engine::journal::journal_files(&directory)
+                .map_err(|e| e.to_string())?
+                .last()
+                .map_or(1, |(sequence, _)| sequence + 1);
+            let bytes = config.storage.journal_file_bytes;
+            let first = PreparedFile::create(&directory, next, bytes).map_err(|e| e.to_string())?;
+            Some(JournalWriter::new(&directory, first, bytes))
+        } else {
+            None
+        };
         Ok(Shard {
             cluster,
             xdc,
@@ -292,22 +342,20 @@ impl Shard {
             sync_failures: RefCell::new(Vec::new()),
             sync_waiters: RefCell::new(Vec::new()),
             sync_loop_waker: RefCell::new(None),
+            journal: RefCell::new(journal),
+            spare_journal: RefCell::new(None),
+            checkpointing: Cell::new(false),
+            journal_failure: RefCell::new(None),
             config,
         })
     }
 
     fn vnode_directory(&self, partition: u32) -> PathBuf {
-        self.config
-            .storage
-            .data_dir
-            .join(format!("vnode-{partition:05}"))
+        vnode_directory(&self.config.storage.data_dir, partition)
     }
 
     fn hint_directory(&self) -> PathBuf {
-        self.config
-            .storage
-            .data_dir
-            .join(format!("hints-shard-{:03}", self.index))
+        hint_directory(&self.config.storage.data_dir, self.index)
     }
 
     fn store_options(&self) -> Options {
@@ -316,7 +364,10 @@ impl Shard {
             segment_bytes: self.config.storage.segment_bytes,
             key_bytes_max: limits.key_bytes_max as usize,
             value_bytes_max: limits.value_bytes_max as usize,
-            durability: self.config.engine_durability(),
+            // Stores write through their maps and never sync on their
+            // own: the journal makes writes durable (checkpoints sync the
+            // stores), or nothing does (`durability = "none"`).
+            durability: meridian_engine::Durability::None,
             compaction_dead_fraction: self.config.storage.compaction_dead_fraction,
             tombstone_grace_s: self.config.storage.tombstone_grace_s,
             cursor_retention_bytes: self.config.xdc.retention_bytes,
@@ -429,15 +480,61 @@ impl Shard {
                 expires_at,
             } => {
                 self.counters.puts.set(self.counters.puts.get() + 1);
-                let result = store.put(&key, &value, version, expires_at);
+                let result = self.write_record(
+                    store,
+                    partition,
+                    RecordKind::Put,
+                    &key,
+                    &value,
+                    version,
+                    expires_at,
+                );
                 self.finish_write(result, version)
             }
             VnodeOp::Delete { key, version } => {
                 self.counters.deletes.set(self.counters.deletes.get() + 1);
-                let result = store.apply(RecordKind::Tombstone, &key, &[], version, 0);
+                let result =
+                    self.write_record(store, partition, RecordKind::Tombstone, &key, &[], version, 0);
                 self.finish_write(result, version)
             }
         }
+    }
+
+    /// Writes a record to `store` (vnode `partition`, or `HINT_STORE`) and,
+    /// when the store took it, to the journal: the one way a shard writes.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn write_record(
+        &self,
+        store: &mut Store,
+        partition: u32,
+        kind: RecordKind,
+        key: &[u8],
+        value: &[u8],
+        version: Version,
+        expires_at: u32,
+    ) -> meridian_engine::Result<WriteReceipt> {
+        if let Some(reason) = self.journal_failure.borrow().as_ref() {
+            return Err(meridian_engine::Error::WritesRefused {
+                reason: reason.clone(),
+            });
+        }
+        let receipt = store.apply(kind, key, value, version, expires_at)?;
+        if receipt.applied == Applied::Written {
+            if let Some(journal) = self.journal.borrow_mut().as_mut() {
+                let value = if kind == RecordKind::Tombstone { &[][..] } else { value };
+                journal.append(
+                    partition,
+                    &meridian_engine::format::RecordFields {
+                        kind,
+                        key,
+                        value,
+                        version,
+                        expires_at,
+                    },
+                );
+            }
+        }
+        Ok(receipt)
     }
 
     fn finish_write(
@@ -481,8 +578,13 @@ impl Shard {
         SyncWait { shard: self, epoch }
     }
 
-    /// The group-commit loop: one sync cycle whenever one is requested.
+    /// The group-commit loop: one sync cycle whenever one is requested, and
+    /// a checkpoint whenever the journal file is full.
     pub async fn run_sync_loop(self: Rc<Self>) {
+        if let Some(journal) = self.journal.borrow().as_ref() {
+            let next = journal.sequence() + 1;
+            glommio::spawn_local(Rc::clone(&self).prepare_spare_journal(next)).detach();
+        }
         loop {
             WaitForRequest { shard: &self }.await;
             if self.shutdown.load(Ordering::Relaxed)
@@ -491,13 +593,126 @@ impl Shard {
                 return;
             }
             self.sync_cycle().await;
+            if let Some(started) = self.switch_journal_if_full() {
+                glommio::spawn_local(Rc::clone(&self).checkpoint(started)).detach();
+            }
         }
     }
 
-    /// Syncs every store with unsynced writes; completes one epoch.
+    /// Writes the journal entries appended so far and fdatasyncs the
+    /// journal file; completes one epoch.
     pub async fn sync_cycle(&self) {
         let epoch = self.sync_started.get() + 1;
         self.sync_started.set(epoch);
+        let batch = self
+            .journal
+            .borrow_mut()
+            .as_mut()
+            .and_then(JournalWriter::take_batch);
+        let mut failure = None;
+        if let Some(batch) = batch {
+            // Into the page cache inline (a few KB: microseconds), then the
+            // fdatasync through io_uring while the core keeps serving.
+            let outcome = match batch.write() {
+                Ok(()) => glommio::meridian_fdatasync(std::os::unix::io::AsRawFd::as_raw_fd(
+                    &*batch.file,
+                ))
+                .await
+                .map_err(|error| {
+                    format!("fdatasync of journal {} failed: {error}", batch.path.display())
+                }),
+                Err(error) => Err(error.to_string()),
+            };
+            ShardCounters::add(&self.counters.journal_bytes, batch.bytes.len() as u64);
+            if let Err(reason) = outcome {
+                tracing::error!(%reason, "journal failed; this shard refuses writes until restarted");
+                self.journal_failure
+                    .borrow_mut()
+                    .get_or_insert_with(|| reason.clone());
+                self.counters
+                    .sync_failures
+                    .set(self.counters.sync_failures.get() + 1);
+                failure = Some(reason);
+            }
+        }
+        self.counters.syncs.set(self.counters.syncs.get() + 1);
+        self.complete_epoch(epoch, failure);
+    }
+
+    fn complete_epoch(&self, epoch: u64, failure: Option<String>) {
+        if let Some(reason) = failure {
+            let mut failures = self.sync_failures.borrow_mut();
+            if failures.len() >= SYNC_FAILURES_KEPT {
+                failures.remove(0);
+            }
+            failures.push((epoch, reason));
+        }
+        self.sync_completed.set(epoch);
+        for waker in self.sync_waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// When the journal file is full, no checkpoint runs and the next file
+    /// is ready: switches to it and returns its sequence (the checkpoint
+    /// then removes every file before it).
+    fn switch_journal_if_full(&self) -> Option<u64> {
+        let mut journal = self.journal.borrow_mut();
+        let journal = journal.as_mut()?;
+        if !journal.is_full() || self.checkpointing.get() {
+            return None;
+        }
+        let next = self.spare_journal.borrow_mut().take()?;
+        self.checkpointing.set(true);
+        Some(journal.switch_to(next))
+    }
+
+    /// Syncs every store (what they wrote before journal file `started`
+    /// began is then durable in them), removes the journal files before
+    /// `started`, and prepares the next file.
+    async fn checkpoint(self: Rc<Self>, started: u64) {
+        let failed = self.sync_stores().await;
+        let directory = journal_directory(&self.config.storage.data_dir, self.index);
+        if failed {
+            tracing::error!("checkpoint: a store failed to sync; journal files kept");
+        } else {
+            let removal = {
+                let directory = directory.clone();
+                glommio::executor()
+                    .spawn_blocking(move || {
+                        meridian_engine::journal::remove_files_before(&directory, started)
+                    })
+                    .await
+            };
+            match removal {
+                Ok(_) => ShardCounters::add(&self.counters.checkpoints, 1),
+                Err(error) => tracing::error!(%error, "checkpoint: old journal files not removed"),
+            }
+        }
+        Rc::clone(&self).prepare_spare_journal(started + 1).await;
+        self.checkpointing.set(false);
+    }
+
+    /// Zero-fills journal file `sequence` off the core and keeps it as the
+    /// next file to switch to.
+    async fn prepare_spare_journal(self: Rc<Self>, sequence: u64) {
+        let directory = journal_directory(&self.config.storage.data_dir, self.index);
+        let bytes = self.config.storage.journal_file_bytes;
+        let prepared = glommio::executor()
+            .spawn_blocking(move || PreparedFile::create(&directory, sequence, bytes))
+            .await;
+        match prepared {
+            Ok(file) => *self.spare_journal.borrow_mut() = Some(file),
+            Err(error) => {
+                // The current file keeps taking batches past its size.
+                tracing::error!(%error, "the next journal file could not be prepared")
+            }
+        }
+    }
+
+    /// Syncs every store with unsynced writes, all at once; returns true if
+    /// some store failed (it then refuses writes).
+    async fn sync_stores(&self) -> bool {
         let mut plans: Vec<(u32, meridian_engine::SyncPlan)> = self
             .stores
             .borrow()
@@ -512,19 +727,8 @@ impl Shard {
         {
             plans.push((HINT_STORE, plan));
         }
-        // Every store's files are synced at once: one cycle costs about one
-        // fdatasync, not one per vnode.
-        let results = match self.config.storage.sync_method {
-            crate::config::SyncMethod::Fdatasync => crate::sync::sync_plans(&plans).await,
-            crate::config::SyncMethod::Syncfs => {
-                let outcome = crate::sync::sync_filesystem(&self.config.storage.data_dir).await;
-                plans
-                    .iter()
-                    .map(|_| crate::sync::clone_result(&outcome))
-                    .collect()
-            }
-        };
-        let mut failure = None;
+        let results = crate::sync::sync_plans(&plans).await;
+        let mut failed = false;
         for ((partition, plan), result) in plans.iter().zip(results) {
             let mut stores = self.stores.borrow_mut();
             let mut hints = self.hints.borrow_mut();
@@ -537,33 +741,24 @@ impl Shard {
             match result {
                 Ok(()) => store.sync_completed(plan),
                 Err(error) => {
+                    tracing::error!(partition, %error, "fdatasync of a vnode failed");
                     store.sync_failed(&error);
                     self.counters
                         .sync_failures
                         .set(self.counters.sync_failures.get() + 1);
-                    failure = Some(format!("fdatasync of vnode {partition} failed: {error}"));
+                    failed = true;
                 }
             }
         }
-        self.counters.syncs.set(self.counters.syncs.get() + 1);
-        if let Some(reason) = failure {
-            let mut failures = self.sync_failures.borrow_mut();
-            if failures.len() >= SYNC_FAILURES_KEPT {
-                failures.remove(0);
-            }
-            failures.push((epoch, reason));
-        }
-        self.sync_completed.set(epoch);
-        for waker in self.sync_waiters.borrow_mut().drain(..) {
-            waker.wake();
-        }
+        failed
     }
 
-    /// True when some store has writes no sync covered yet.
+    /// True when journal entries wait for a sync cycle.
     pub fn has_unsynced(&self) -> bool {
-        let unsynced = |store: &Store| store.durable_position() < store.written_position();
-        self.stores.borrow().values().any(unsynced)
-            || self.hints.borrow().as_ref().is_some_and(unsynced)
+        self.journal
+            .borrow()
+            .as_ref()
+            .is_some_and(JournalWriter::has_pending)
     }
 
     /// One slice of background work (hints, compaction) on one vnode;
@@ -614,7 +809,8 @@ impl Shard {
             })
             .collect();
         report.partition_digests.sort_unstable();
-        report.writes_refused = !self.sync_failures.borrow().is_empty();
+        report.writes_refused =
+            !self.sync_failures.borrow().is_empty() || self.journal_failure.borrow().is_some();
         if let Some(cluster) = self.cluster.as_ref() {
             let view = cluster.view();
             report.ring_epoch = view.ring.epoch();
@@ -623,15 +819,28 @@ impl Shard {
         report
     }
 
-    /// Syncs and closes every store (writing missing hint files).
+    /// Syncs and closes every store (writing missing hint files); once all
+    /// closed cleanly the journal is no longer needed and goes.
     pub fn close_all(&self) {
         let mut stores: Vec<(u32, Store)> = self.stores.borrow_mut().drain().collect();
         if let Some(hints) = self.hints.borrow_mut().take() {
             stores.push((HINT_STORE, hints));
         }
+        let mut clean = true;
         for (partition, store) in stores {
             if let Err(error) = store.close() {
                 tracing::error!(partition, %error, "closing vnode failed");
+                clean = false;
+            }
+        }
+        let Some(journal) = self.journal.borrow_mut().take() else {
+            return;
+        };
+        if clean {
+            if let Err(error) =
+                meridian_engine::journal::remove_files_before(journal.directory(), u64::MAX)
+            {
+                tracing::error!(%error, "journal files not removed (start-up replays them)");
             }
         }
     }

@@ -1,8 +1,5 @@
-//! Issuing stores' sync plans without blocking the shard's core.
-//!
-//! Two methods (`storage.sync_method`): `fdatasync` syncs each file of each
-//! plan; `syncfs` syncs the data directory's whole filesystem once, which
-//! covers every plan at the cost of one journal commit.
+//! Issuing stores' sync plans (a checkpoint) without blocking the shard's
+//! core.
 //!
 //! Each file's fdatasync goes through the executor's io_uring (the patched
 //! glommio's `meridian_fdatasync`), so the core keeps serving while the disk
@@ -60,21 +57,4 @@ pub async fn sync_plans(plans: &[(u32, SyncPlan)]) -> Vec<io::Result<()>> {
         results.push(task.await);
     }
     results
-}
-
-/// One `syncfs` of the filesystem holding `directory` (on glommio's
-/// blocking pool: io_uring has no syncfs operation).
-pub async fn sync_filesystem(directory: &std::path::Path) -> io::Result<()> {
-    let directory = std::fs::File::open(directory)?;
-    glommio::executor()
-        .spawn_blocking(move || rustix::fs::syncfs(&directory).map_err(io::Error::from))
-        .await
-}
-
-/// A copy of a sync outcome for each store it covered.
-pub fn clone_result(outcome: &io::Result<()>) -> io::Result<()> {
-    match outcome {
-        Ok(()) => Ok(()),
-        Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
-    }
 }

@@ -173,6 +173,9 @@ impl Default for ServerConfig {
         }
         .set("storage", "partitions", "8")
         .set("storage", "segment_bytes", "4194304")
+        // Small journal files: cheap to prepare for every test server, and
+        // loads long enough reach checkpoints.
+        .set("storage", "journal_file_bytes", "4194304")
         .set("limits", "value_bytes_max", "1048576")
         .set("limits", "frame_bytes_max", "2097152")
         .set("runtime", "shards", "1")

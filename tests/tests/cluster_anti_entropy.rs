@@ -58,14 +58,12 @@ fn anti_entropy_rebuilds_a_member_that_lost_its_data() {
     let node = cluster.node_mut(3);
     node.stop();
     std::fs::remove_dir_all(node.data_dir()).expect("delete member 3's data directory");
+    assert!(!node.data_dir().exists(), "member 3's data directory is gone");
+    // Not checked after the restart: its peers' anti-entropy may already
+    // have pushed records by the time the test could ask (seen 31 ms after
+    // start). That the data came back through anti-entropy is what the
+    // repair counter below shows.
     node.restart();
-    assert!(
-        cluster
-            .partition_digests(3)
-            .expect("member 3 runs")
-            .is_empty(),
-        "member 3 restarted with data in an emptied directory"
-    );
 
     let started = Instant::now();
     let converged =

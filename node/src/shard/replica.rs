@@ -185,7 +185,16 @@ impl Shard {
             self.clock.borrow_mut().observe(record.hlc);
             let version = Version::new(record.hlc, record.origin);
             let kind = record_kind(record.kind);
-            match store.apply(kind, &record.key, &record.value, version, record.expires_at) {
+            let written = self.write_record(
+                store,
+                partition,
+                kind,
+                &record.key,
+                &record.value,
+                version,
+                record.expires_at,
+            );
+            match written {
                 Ok(receipt) if receipt.applied == Applied::Written => {
                     wrote = true;
                     statuses.push(WRITE_APPLIED);
@@ -226,7 +235,9 @@ impl Shard {
         };
         let key = hint_key(primary, partition, &record.key);
         let version = Version::new(record.hlc, record.origin);
-        if let Err(error) = store.put(&key, &[], version, 0) {
+        if let Err(error) =
+            self.write_record(store, super::HINT_STORE, RecordKind::Put, &key, &[], version, 0)
+        {
             tracing::error!(%error, "hint not stored (anti-entropy will repair)");
         }
     }
@@ -256,7 +267,15 @@ impl Shard {
                     Some(origin) => Version::new(version.hlc, origin),
                     None => Version::new(version.hlc + 1, 0),
                 };
-                let _ = store.delete(hint, successor);
+                let _ = self.write_record(
+                    store,
+                    super::HINT_STORE,
+                    RecordKind::Tombstone,
+                    hint,
+                    &[],
+                    successor,
+                    0,
+                );
             }
         }
     }
