@@ -433,6 +433,16 @@ impl Reactor {
         source
     }
 
+    // MERIDIAN PATCH: a multishot read-readiness poll (see net/stream.rs).
+    // POLLRDHUP too: an edge that reports the peer's FIN says so in its mask.
+    pub(crate) fn poll_read_ready_multishot(&self, fd: RawFd) -> Source {
+        let source = self.new_source(fd, SourceType::PollAdd, None);
+        let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+        self.sys
+            .poll_ready_multishot(&source, common_flags() | read_flags() | rdhup);
+        source
+    }
+
     pub(crate) fn poll_write_ready(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
         self.sys

@@ -209,5 +209,8 @@ bitflags::bitflags! {
     #[derive(Debug, Clone, Copy)]
     pub struct CompletionFlags: u32 {
         const BUFFER_SHIFT    = 1 << 0;
+        // MERIDIAN PATCH: a multishot request stays armed (Linux 5.13+).
+        /// `IORING_CQE_F_MORE`: more completions will follow for this request.
+        const MORE            = 1 << 1;
     }
 }

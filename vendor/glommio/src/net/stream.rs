@@ -223,13 +223,90 @@ pub(crate) struct NonBufferedStream<S> {
     source_rx: Option<Source>,
     write_timeout: Timeout,
     read_timeout: Timeout,
+    // MERIDIAN PATCH: reads wait on one multishot poll per stream instead of
+    // a new one-shot poll per read (see `poll_read_multishot`); `multishot`
+    // turns false for good if the kernel refuses it, `rx_ready` says that the
+    // socket may hold data nobody has read yet.
+    multishot: bool,
+    rx_ready: bool,
+    // MERIDIAN PATCH: an edge reported the peer's FIN (or a hang-up or an
+    // error): a condition that lasts, which an edge reports only once, so
+    // every read goes straight to recv from then on (it cannot block).
+    rx_hup: bool,
 }
 
 impl<S: AsRawFd> NonBufferedStream<S> {
     fn init(&mut self) {
         let reactor = self.reactor.upgrade().unwrap();
         let stream_fd = self.stream.as_raw_fd();
-        self.source_rx = Some(reactor.poll_read_ready(stream_fd));
+        // MERIDIAN PATCH: a multishot poll, armed once (see `poll_read_multishot`).
+        self.source_rx = Some(reactor.poll_read_ready_multishot(stream_fd));
+    }
+
+    // MERIDIAN PATCH: upstream arms a one-shot poll for every read that does
+    // not fill the buffer (an SQE, a kernel poll arm and a source allocation
+    // per message). Here one multishot poll stays armed for the stream's life
+    // and posts a completion on every readiness edge; its result is taken as
+    // "data may have arrived". We read when it says so or when the previous
+    // read filled the buffer; a read that gets less drains the socket, and
+    // any data arriving later raises a new edge. An edge for data we already
+    // read costs one recv that returns EAGAIN. The peer's FIN is a lasting
+    // condition reported by one edge, possibly along with data that a recv
+    // then returns without the EOF: once an edge's mask shows POLLRDHUP (or
+    // POLLHUP, POLLERR), every read goes to recv (`rx_hup`). When the kernel ends the
+    // multishot poll (a final completion: CQ overflow, error) it is re-armed;
+    // if it ended with an error we fall back to upstream's one-shot polls.
+    fn poll_read_multishot(
+        &mut self,
+        reactor: &Reactor,
+        cx: &Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let fd = self.stream.as_raw_fd();
+        let mut ready = std::mem::replace(&mut self.rx_ready, false) || self.rx_hup;
+        if let Some(src) = self.source_rx.as_ref() {
+            match src.meridian_take_result() {
+                Some(Ok(mask)) => {
+                    ready = true;
+                    let lasting = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
+                    if mask as libc::c_short & lasting != 0 {
+                        self.rx_hup = true;
+                    }
+                }
+                Some(Err(_)) if !src.meridian_is_armed() => {
+                    // The kernel refused or ended it with an error: one-shot
+                    // polls from now on (upstream's path, starting afresh).
+                    self.multishot = false;
+                    self.source_rx = None;
+                    return self.poll_read(cx, buf);
+                }
+                Some(Err(_)) => ready = true,
+                None => {}
+            }
+        }
+        if ready {
+            if let Some(result) = super::yolo_recv(fd, buf) {
+                self.read_timeout.cancel_timer(reactor);
+                let result = poll_err!(result);
+                self.rx_ready = result > 0 && result == buf.len();
+                return Poll::Ready(Ok(result));
+            }
+        }
+        poll_err!(self.read_timeout.check(reactor));
+        let armed = self
+            .source_rx
+            .as_ref()
+            .map_or(false, |src| src.meridian_is_armed());
+        if !armed {
+            // Ended by the kernel (or never armed): arm a new one. The kernel
+            // checks readiness as it arms it, so data that arrived since our
+            // recv still raises a completion.
+            self.source_rx = Some(reactor.poll_read_ready_multishot(fd));
+        }
+        let source = self.source_rx.as_ref().unwrap();
+        source.add_waiter_single(cx.waker());
+        self.read_timeout.maybe_set_timer(reactor, cx.waker());
+        Poll::Pending
     }
 
     pub(crate) fn try_peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
@@ -260,6 +337,11 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     ) -> Poll<io::Result<usize>> {
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
+
+        // MERIDIAN PATCH: see `poll_read_multishot`.
+        if self.multishot {
+            return self.poll_read_multishot(reactor, cx, buf);
+        }
 
         let no_pending_poll = self
             .source_rx
@@ -368,6 +450,9 @@ where
             source_rx: None,
             write_timeout: Timeout::new(reactor.register_timer()),
             read_timeout: Timeout::new(reactor.register_timer()),
+            multishot: true, // MERIDIAN PATCH
+            rx_ready: false, // MERIDIAN PATCH
+            rx_hup: false,   // MERIDIAN PATCH
         };
         stream.init();
         GlommioStream {

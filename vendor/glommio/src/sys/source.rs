@@ -267,6 +267,19 @@ impl Source {
     // adds a single waiter to the list, replacing any waiter that may already
     // exist. Should be used for single streams that map a future 1:1 to their I/O
     // source
+    // MERIDIAN PATCH: for multishot polls (net/stream.rs): takes the result
+    // a completion left, and says whether the request is still queued or in
+    // the kernel (a multishot request leaves the source map only with its
+    // final completion).
+    pub(crate) fn meridian_take_result(&self) -> Option<io::Result<usize>> {
+        self.inner.borrow_mut().wakers.result.take()
+    }
+
+    // MERIDIAN PATCH: see `meridian_take_result`.
+    pub(crate) fn meridian_is_armed(&self) -> bool {
+        self.inner.borrow().enqueued.is_some()
+    }
+
     pub(crate) fn add_waiter_single(&self, waker: &Waker) {
         let mut inner = self.inner.borrow_mut();
         let waiters = &mut inner.wakers.waiters;

@@ -57,6 +57,8 @@ const MSG_ZEROCOPY: i32 = 0x4000000;
 #[derive(Debug)]
 enum UringOpDescriptor {
     PollAdd(PollFlags),
+    // MERIDIAN PATCH: multishot poll, see `Reactor::poll_ready_multishot`.
+    PollAddMulti(PollFlags),
     PollRemove(*const u8),
     Cancel(u64),
     Write(*const u8, usize, u64),
@@ -274,6 +276,10 @@ fn fill_sqe<F>(
         match op.args {
             UringOpDescriptor::PollAdd(events) => {
                 sqe.prep_poll_add(op.fd, events);
+            }
+            // MERIDIAN PATCH: multishot poll.
+            UringOpDescriptor::PollAddMulti(events) => {
+                sqe.prep_poll_multishot(op.fd, events);
             }
             UringOpDescriptor::PollRemove(to_remove) => {
                 user_data = 0;
@@ -548,9 +554,16 @@ where
             return Some(false);
         }
 
-        let src = source_map
-            .borrow_mut()
-            .consume_source(from_user_data(value.user_data()));
+        // MERIDIAN PATCH: a completion flagged IORING_CQE_F_MORE comes from a
+        // multishot request that stays armed: its source stays in the map
+        // (it is consumed by the final completion, which has no F_MORE).
+        let src = if value.raw_flags() & crate::uring_sys::IORING_CQE_F_MORE != 0 {
+            source_map.borrow()[from_user_data(value.user_data())].clone()
+        } else {
+            source_map
+                .borrow_mut()
+                .consume_source(from_user_data(value.user_data()))
+        };
 
         let result = value.result();
 
@@ -1194,8 +1207,14 @@ impl UringCommon for SleepableRing {
 
     fn consume_one_event(&mut self) -> Option<bool> {
         let source_map = self.source_map.clone();
+        // MERIDIAN PATCH: a multishot request stays in the kernel until its
+        // final completion (the one without IORING_CQE_F_MORE).
+        let cqe = self.ring.peek_for_cqe();
+        let more = cqe
+            .as_ref()
+            .map_or(false, |cqe| cqe.raw_flags() & crate::uring_sys::IORING_CQE_F_MORE != 0);
         process_one_event(
-            self.ring.peek_for_cqe(),
+            cqe,
             |source| match source.source_type {
                 SourceType::LinkRings => Some(()),
                 _ => None,
@@ -1210,8 +1229,10 @@ impl UringCommon for SleepableRing {
             source_map,
         )
         .map(|x| {
-            self.in_kernel -= 1;
-            self.completed += 1; // MERIDIAN PATCH
+            if !more {
+                self.in_kernel -= 1;
+            }
+            self.completed += 1;
             x
         })
     }
@@ -1491,6 +1512,19 @@ impl Reactor {
 
     pub(crate) fn read_buffered(&self, source: &Source, pos: u64, size: usize) {
         let op = UringOpDescriptor::Read(pos, size);
+        queue_request_into_ring(
+            &mut *self.ring_for_source(source),
+            source,
+            op,
+            &mut self.source_map.borrow_mut(),
+        );
+    }
+
+    // MERIDIAN PATCH: one multishot poll (Linux 5.13+): a completion on every
+    // readiness edge until it is cancelled (dropping the source) or the kernel
+    // ends it (a completion without IORING_CQE_F_MORE consumes the source).
+    pub(crate) fn poll_ready_multishot(&self, source: &Source, flags: PollFlags) {
+        let op = UringOpDescriptor::PollAddMulti(flags);
         queue_request_into_ring(
             &mut *self.ring_for_source(source),
             source,

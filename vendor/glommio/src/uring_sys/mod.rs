@@ -76,6 +76,8 @@ pub const IORING_SETUP_TASKRUN_FLAG: libc::c_uint = 1 << 9; /* flag pending task
 
 // cqe.flags
 pub const IORING_CQE_BUFFER_SHIFT: libc::c_uint = 1 << 0;
+// MERIDIAN PATCH: more completions follow for this (multishot) request.
+pub const IORING_CQE_F_MORE: libc::c_uint = 1 << 1;
 
 // Magic offsets for the application to mmap the data it needs
 pub const IORING_OFF_SQ_RING: libc::__u64 = 0;
