@@ -9,13 +9,24 @@
 //! - every write a store accepts is appended to the journal
 //!   (`JournalWriter::append`); a group commit takes the batch, writes it,
 //!   fdatasyncs the journal file, and only then acknowledges its writes;
-//! - a checkpoint, once the journal file is full: `switch_to` a freshly
-//!   prepared file (sequence S), then every store is synced through
+//! - the next journal file is prepared *ahead* (node/src/shard.rs,
+//!   `prepare_spare_journal`): at start-up right after the first file, and
+//!   at the end of each checkpoint, by a helper thread while group commits
+//!   go on writing into the current file. Its `PreparedFile::create` is a
+//!   workload step of its own, some ~25 steps after it began, so a file
+//!   sometimes fills before its spare is ready and then takes batches past
+//!   its size;
+//! - a checkpoint (`switch_journal_if_full`, after a group commit): once
+//!   the file is full, no checkpoint runs and the spare is ready,
+//!   `switch_to` the spare (sequence S), then every store is synced through
 //!   `sync_plan` / `sync_completed` (writes, group commits and compaction go
-//!   on in between), then `remove_files_before(S)`. The switch, each store's
-//!   sync and the removal are separate steps of the workload, and over a
-//!   third of the crash points are steered into a checkpoint's windows
-//!   (after the switch with 0, 1, .. or all stores synced);
+//!   on in between), then `remove_files_before(S)`, then the next spare
+//!   (S + 1) starts being prepared. Each store's sync and the removal are
+//!   separate steps of the workload. Crash points are steered: over a third
+//!   into a checkpoint's windows (after the switch with 0, 1, .. or all
+//!   stores synced), one in seven to a checkpoint's end with its spare
+//!   being prepared, three in fourteen to a ready spare; then a few writes
+//!   and group commits, so batches are in flight in the current file;
 //! - recovery: reopen every store (each cuts its own torn tail), replay the
 //!   journal into them (newest-wins), sync every store through its plan (or,
 //!   one time in five, close and reopen them so hints are used), check, only
@@ -37,18 +48,21 @@
 //! At a power cut every store and the journal writer are dropped; the files
 //! then hold what the page cache held, and are turned into what a power cut
 //! may leave: dirty bytes (those differing from the image; zeros past it)
-//! revert after a tear point, or by independent 4 KiB pages, or turn to
-//! garbage for a stretch (a torn sector); segments whose names were never
-//! made durable may vanish or be empty, newest first; a compaction output
-//! not yet installed may vanish. Crash variants: a group commit's batch
-//! written but not yet synced (a torn batch in the newest journal file); a
-//! crash inside the next journal file's `PreparedFile::create` (the file
+//! revert after a tear point within them, or by independent 4 KiB pages,
+//! or turn to garbage for a stretch (a torn sector); segments whose names
+//! were never made durable may vanish or be empty, newest first; a
+//! compaction output not yet installed may vanish. Crash variants, which
+//! combine: a group commit's batch written but not yet synced (half the
+//! power cuts: a torn batch in the current file, which is not the last
+//! file when a spare is ready or was being prepared); a spare being
+//! prepared is always cut inside its `PreparedFile::create` (the file
 //! absent, empty, or zeros of some page length, with or without its
 //! header); a crash inside `remove_files_before` (a prefix of the removals
 //! reached the disk); and a second power cut during recovery, after the
 //! replay, with some stores synced and others not. One crash point in four
-//! is a process crash instead (no damage): then every write, acknowledged
-//! or not, must survive exactly.
+//! is a process crash instead (no damage; a spare being prepared is left
+//! absent, empty, zero-filled without its header, or whole): then every
+//! write, acknowledged or not, must survive exactly.
 //!
 //! Checks after each recovery, for every key of every partition: the store
 //! holds at least the key's newest acknowledged version (or what the last
@@ -63,7 +77,8 @@
 //! writes; the journal restarts empty at every recovery, so a larger file
 //! would rarely fill between crash points). Each test runs `CRASH_POINTS`
 //! (100) crash points and prints its seed and counters (checkpoints, crash
-//! windows, variants, entries replayed, torn bytes cut); set
+//! windows, the spare's state at the crash, variants, entries replayed,
+//! torn bytes cut, and cuts in a file with a later one after it); set
 //! `MERIDIAN_JOURNAL_CRASH_SEED` to replay one seed (every test then runs it).
 //!
 //! Deliberate breakages of the protocol this test caught (each in every
@@ -72,7 +87,10 @@
 //! removing them before the last store's sync; skipping a store's sync at
 //! the checkpoint; skipping its directory fsync; recovery removing the
 //! journal before syncing the stores; recovery skipping the replay; replay
-//! of the newest journal file only.
+//! of the newest journal file only. And (seeds 1-12, by crash point 31,
+//! with the spare ready in 7 and being prepared in 5) a replay that cuts a
+//! torn batch only in the last file, refusing one in the current file
+//! before a prepared-ahead spare (`replay` before df4f5af).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -81,7 +99,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use meridian_engine::format::RecordFields;
-use meridian_engine::journal::{self, JournalWriter, PreparedFile, JOURNAL_HEADER_LEN};
+use meridian_engine::journal::{
+    self, JournalWriter, PreparedFile, ENTRY_HEADER_LEN, JOURNAL_HEADER_LEN,
+};
 use meridian_engine::{Applied, Clock, Durability, Options, RecordKind, Store, Version};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -131,22 +151,51 @@ enum Checkpoint {
     },
 }
 
+/// The next journal file, prepared ahead as the server does
+/// (`prepare_spare_journal` in node/src/shard.rs): at start-up right after
+/// the first file, and at the end of each checkpoint.
+#[derive(Debug)]
+enum Spare {
+    /// The switch took it; the checkpoint prepares the next one at its end.
+    None,
+    /// A helper thread is inside `PreparedFile::create` for `sequence`
+    /// (nothing of it is known to be on the disk yet).
+    Preparing { sequence: u64 },
+    /// Synced and named durably; the next switch takes it.
+    Ready(PreparedFile),
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     writes: u64,
     group_commits: u64,
     checkpoints: u64,
+    spares_prepared: u64,
+    /// Group commits that found the file full with no spare ready yet (the
+    /// file then takes batches past its size).
+    switches_waiting_for_spare: u64,
     compaction_steps: u64,
     crash_idle: u64,
     crash_after_switch: u64,
     crash_after_store_syncs: u64,
+    crash_spare_preparing: u64,
+    crash_spare_ready: u64,
+    crash_spare_none: u64,
     process_crashes: u64,
     torn_batches: u64,
+    /// Torn batches in the current file while the spare was ready (a later,
+    /// empty file on the disk).
+    torn_batches_spare_ready: u64,
+    /// Torn batches in the current file while the spare was being prepared.
+    torn_batches_spare_preparing: u64,
     prepare_crashes: u64,
     partial_removals: u64,
     recovery_cuts: u64,
     replayed_entries: u64,
     replay_torn_bytes: u64,
+    /// Replays that cut a torn batch in a file with a later journal file
+    /// after it (a replay cutting only in the last file refuses these).
+    replay_torn_before_later_file: u64,
     unacknowledged_lost: u64,
     compactions_completed: u64,
 }
@@ -159,6 +208,7 @@ struct Crasher {
     seed: u64,
     stores: Option<Vec<Store>>,
     journal: Option<JournalWriter>,
+    spare: Spare,
     next_sequence: u64,
     writes: Vec<Written>,
     keys: Vec<KeyState>,
@@ -229,6 +279,7 @@ impl Crasher {
             seed,
             stores: None,
             journal: None,
+            spare: Spare::None,
             next_sequence: 1,
             writes: Vec::new(),
             keys: vec![KeyState::default(); KEYS as usize],
@@ -309,8 +360,9 @@ impl Crasher {
         );
     }
 
-    /// Prepares the next journal file (synced, named durably) and starts a
-    /// writer on it.
+    /// Prepares the first journal file (synced, named durably), starts a
+    /// writer on it, and starts preparing the spare after it (as the
+    /// server's sync loop does at start-up).
     fn start_journal(&mut self) {
         let directory = self.journal_dir();
         let sequence = self.next_sequence;
@@ -321,6 +373,50 @@ impl Crasher {
         self.directory_synced(&directory);
         let path = self.journal_path(sequence);
         self.file_synced(&path);
+        self.start_spare();
+    }
+
+    /// A helper thread starts preparing the file after the current one.
+    fn start_spare(&mut self) {
+        assert!(matches!(self.spare, Spare::None), "seed {}", self.seed);
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        assert_eq!(
+            sequence,
+            self.journal().sequence() + 1,
+            "seed {}",
+            self.seed
+        );
+        self.spare = Spare::Preparing { sequence };
+    }
+
+    /// The helper thread's `PreparedFile::create` returns: the spare is
+    /// synced and its name durable.
+    fn finish_spare(&mut self) {
+        let Spare::Preparing { sequence } = self.spare else {
+            return;
+        };
+        let directory = self.journal_dir();
+        let file = PreparedFile::create(&directory, sequence, JOURNAL_FILE_BYTES)
+            .expect("prepare journal file");
+        self.directory_synced(&directory);
+        self.file_synced(&self.journal_path(sequence));
+        self.spare = Spare::Ready(file);
+        self.counters.spares_prepared += 1;
+    }
+
+    /// A crash inside the spare's `PreparedFile::create`: the file is on
+    /// the disk as far as the call got (its name not durable), and
+    /// `power_cut` or `process_crash_in_prepare` decides how far that was.
+    fn crash_in_prepare(&mut self) -> Option<PathBuf> {
+        let Spare::Preparing { sequence } = self.spare else {
+            return None;
+        };
+        PreparedFile::create(&self.journal_dir(), sequence, JOURNAL_FILE_BYTES)
+            .expect("prepare journal file");
+        self.spare = Spare::None;
+        self.counters.prepare_crashes += 1;
+        Some(self.journal_path(sequence))
     }
 
     fn journal_path(&self, sequence: u64) -> PathBuf {
@@ -383,6 +479,31 @@ impl Crasher {
             state.allowed.retain(|&allowed, _| allowed >= version);
         }
         self.counters.group_commits += 1;
+        self.switch_if_full();
+    }
+
+    /// After a group commit (the server's `switch_journal_if_full`): when
+    /// the file is full, no checkpoint runs and the spare is ready, the
+    /// writer switches to the spare and a checkpoint starts. Without a
+    /// ready spare the file keeps taking batches past its size.
+    fn switch_if_full(&mut self) {
+        if self.checkpoint != Checkpoint::Idle || !self.journal().is_full() {
+            return;
+        }
+        let Spare::Ready(_) = self.spare else {
+            self.counters.switches_waiting_for_spare += 1;
+            return;
+        };
+        let Spare::Ready(next) = std::mem::replace(&mut self.spare, Spare::None) else {
+            unreachable!()
+        };
+        let sequence = next.sequence();
+        let started = self.journal().switch_to(next);
+        assert_eq!(started, sequence);
+        self.checkpoint = Checkpoint::Switched {
+            sequence,
+            synced: [false; PARTITIONS],
+        };
     }
 
     /// Syncs one store as a checkpoint does, issuing each fdatasync.
@@ -416,27 +537,12 @@ impl Crasher {
         );
     }
 
-    /// One step of the checkpoint, if one is due or under way.
+    /// One step of a checkpoint under way (the switch started it): one
+    /// store's sync, or, all synced, the removal of the files before the
+    /// switch and then the spare's preparation.
     fn checkpoint_step(&mut self) {
         match self.checkpoint {
-            Checkpoint::Idle => {
-                if !self.journal().is_full() {
-                    return;
-                }
-                let sequence = self.next_sequence;
-                self.next_sequence += 1;
-                let directory = self.journal_dir();
-                let next = PreparedFile::create(&directory, sequence, JOURNAL_FILE_BYTES)
-                    .expect("prepare journal file");
-                self.directory_synced(&directory);
-                self.file_synced(&self.journal_path(sequence));
-                let started = self.journal().switch_to(next);
-                assert_eq!(started, sequence);
-                self.checkpoint = Checkpoint::Switched {
-                    sequence,
-                    synced: [false; PARTITIONS],
-                };
-            }
+            Checkpoint::Idle => {}
             Checkpoint::Switched {
                 sequence,
                 mut synced,
@@ -448,6 +554,9 @@ impl Crasher {
                     self.directory_synced(&directory);
                     self.checkpoint = Checkpoint::Idle;
                     self.counters.checkpoints += 1;
+                    // The server's `checkpoint` ends preparing the next
+                    // spare (and takes no switch until it is ready).
+                    self.start_spare();
                 } else {
                     let partition = unsynced[self.rng.random_range(0..unsynced.len())];
                     self.sync_store(partition);
@@ -510,8 +619,26 @@ impl Crasher {
         match self.rng.random_range(0..100) {
             0..=64 => self.write(),
             65..=78 => self.group_commit(),
-            79..=93 => self.checkpoint_step(),
+            79..=89 => self.checkpoint_step(),
+            // The helper thread finishes the spare after ~25 steps on
+            // average (~16 writes, ~4 group commits; a file fills every
+            // ~30-40 writes), so a file sometimes fills before its spare is
+            // ready.
+            90..=93 => self.finish_spare(),
             _ => self.compact(),
+        }
+    }
+
+    /// Writes and group commits only: they keep the checkpoint's and the
+    /// spare's state (a group commit switches only when both are idle and
+    /// ready), and leave batches in flight.
+    fn writes_in_flight(&mut self) {
+        for _ in 0..self.rng.random_range(0..12) {
+            if self.rng.random_bool(0.8) {
+                self.write();
+            } else {
+                self.group_commit();
+            }
         }
     }
 
@@ -521,22 +648,32 @@ impl Crasher {
         }
         // Aim over a third of the crash points at a checkpoint's windows:
         // after the switch with `window` stores synced (0 to all; all: the
-        // old files not yet removed).
-        let window = self.rng.random_range(0..PARTITIONS * 2 + 2);
-        if window <= PARTITIONS {
-            for _ in 0..1000 {
-                let reached = match self.checkpoint {
-                    Checkpoint::Idle => false,
-                    Checkpoint::Switched { synced, .. } => {
-                        synced.iter().filter(|&&s| s).count() == window
-                    }
-                };
-                if reached {
-                    break;
+        // old files not yet removed); one in seven at a checkpoint's end,
+        // its spare being prepared; three in fourteen at a ready spare (the
+        // rest land where the workload left off). Then writes and group
+        // commits, so batches are in flight in the current file.
+        let window = self.rng.random_range(0..PARTITIONS * 2 + 6);
+        let checkpoints_before = self.counters.checkpoints;
+        for _ in 0..1000 {
+            let reached = match (window, &self.checkpoint, &self.spare) {
+                (w, Checkpoint::Switched { synced, .. }, _) if w <= PARTITIONS => {
+                    synced.iter().filter(|&&s| s).count() == w
                 }
-                self.step();
+                (w, _, _) if w <= PARTITIONS => false,
+                (w, Checkpoint::Idle, Spare::Preparing { .. }) if w <= PARTITIONS + 2 => {
+                    self.counters.checkpoints > checkpoints_before
+                }
+                (w, _, _) if w <= PARTITIONS + 2 => false,
+                (w, Checkpoint::Idle, Spare::Ready(_)) if w <= PARTITIONS + 5 => true,
+                (w, _, _) if w <= PARTITIONS + 5 => false,
+                _ => true,
+            };
+            if reached {
+                break;
             }
+            self.step();
         }
+        self.writes_in_flight();
     }
 
     /// Reverts some of the dirty bytes of one file to its image.
@@ -548,7 +685,12 @@ impl Crasher {
         let Some(first_dirty) = (0..bytes.len()).find(|&at| bytes[at] != old(at)) else {
             return;
         };
-        let tear_at = self.rng.random_range(first_dirty..=bytes.len());
+        let last_dirty = (0..bytes.len())
+            .rfind(|&at| bytes[at] != old(at))
+            .expect("a dirty byte");
+        // Within the dirty bytes (past them a tear changes nothing): a
+        // journal file's dirty bytes are one batch of a few KiB in 16.
+        let tear_at = self.rng.random_range(first_dirty..=last_dirty + 1);
         match self.rng.random_range(0..4) {
             0 => return, // every dirty page made it
             1 => {
@@ -605,6 +747,7 @@ impl Crasher {
     fn power_cut(&mut self) {
         self.stores = None;
         self.journal = None;
+        self.spare = Spare::None;
         for partition in 0..PARTITIONS {
             let files = files_in(&self.store_dir(partition));
             let fresh: Vec<&PathBuf> = files
@@ -648,54 +791,64 @@ impl Crasher {
         self.trust_everything();
     }
 
-    /// The crash variants that need the stores and journal still open.
+    /// The crash variants that need the stores and journal still open. A
+    /// spare being prepared is always cut inside `PreparedFile::create`
+    /// (what the power cut leaves of it: `interrupted_prepare`), and a
+    /// batch may be in flight in the current file at the same moment.
     fn before_power_cut(&mut self) {
         let all_synced = matches!(
             self.checkpoint,
             Checkpoint::Switched { synced, .. } if synced.iter().all(|&s| s)
         );
-        let variant = if all_synced && self.rng.random_bool(0.5) {
-            4
-        } else {
-            self.rng.random_range(0..10)
+        let spare_preparing = matches!(self.spare, Spare::Preparing { .. });
+        let spare_ready = matches!(self.spare, Spare::Ready(_));
+        if self.rng.random_bool(0.5) {
+            // A group commit wrote its batch; the crash came before its
+            // fdatasync returned.
+            if let Some(batch) = self.journal().take_batch() {
+                batch.write().expect("write batch");
+                self.pending.clear();
+                self.counters.torn_batches += 1;
+                if spare_ready {
+                    self.counters.torn_batches_spare_ready += 1;
+                }
+                if spare_preparing {
+                    self.counters.torn_batches_spare_preparing += 1;
+                }
+            }
+        }
+        if let Checkpoint::Switched { sequence, .. } = self.checkpoint {
+            if all_synced && self.rng.random_bool(0.8) {
+                // Inside remove_files_before (on a helper thread, while
+                // group commits go on): a prefix of the removals reached
+                // the disk, the directory fsync did not return.
+                let old: Vec<PathBuf> = journal::journal_files(&self.journal_dir())
+                    .expect("list journal")
+                    .into_iter()
+                    .filter(|(s, _)| *s < sequence)
+                    .map(|(_, path)| path)
+                    .collect();
+                let removed = self.rng.random_range(0..=old.len());
+                for path in &old[..removed] {
+                    fs::remove_file(path).expect("remove journal file");
+                }
+                self.counters.partial_removals += 1;
+            }
+        }
+        self.crash_in_prepare();
+    }
+
+    /// A process crash inside the spare's `PreparedFile::create`: the page
+    /// cache keeps what the call did so far (nothing, the emptied file, the
+    /// zeros without the header, or all of it).
+    fn process_crash_in_prepare(&mut self) {
+        let Some(path) = self.crash_in_prepare() else {
+            return;
         };
-        match variant {
-            0..=2 => {
-                // A group commit wrote its batch; the crash came before its
-                // fdatasync returned.
-                if let Some(batch) = self.journal().take_batch() {
-                    batch.write().expect("write batch");
-                    self.pending.clear();
-                    self.counters.torn_batches += 1;
-                }
-            }
-            3 => {
-                // The next journal file was being prepared.
-                let sequence = self.next_sequence;
-                self.next_sequence += 1;
-                PreparedFile::create(&self.journal_dir(), sequence, JOURNAL_FILE_BYTES)
-                    .expect("prepare journal file");
-                self.counters.prepare_crashes += 1;
-            }
-            4 | 5 => {
-                // Inside remove_files_before: a prefix of the removals
-                // reached the disk, the directory fsync did not return.
-                if let Checkpoint::Switched { sequence, synced } = self.checkpoint {
-                    if synced.iter().all(|&s| s) {
-                        let old: Vec<PathBuf> = journal::journal_files(&self.journal_dir())
-                            .expect("list journal")
-                            .into_iter()
-                            .filter(|(s, _)| *s < sequence)
-                            .map(|(_, path)| path)
-                            .collect();
-                        let removed = self.rng.random_range(0..=old.len());
-                        for path in &old[..removed] {
-                            fs::remove_file(path).expect("remove journal file");
-                        }
-                        self.counters.partial_removals += 1;
-                    }
-                }
-            }
+        match self.rng.random_range(0..4) {
+            0 => fs::remove_file(&path).expect("remove journal file"),
+            1 => fs::write(&path, b"").expect("empty journal file"),
+            2 => fs::write(&path, vec![0u8; JOURNAL_FILE_BYTES as usize]).expect("zero-fill"),
             _ => {}
         }
     }
@@ -740,6 +893,9 @@ impl Crasher {
             });
             self.counters.replayed_entries += report.entries;
             self.counters.replay_torn_bytes += report.torn_bytes;
+            if report.torn_bytes > 0 && self.torn_file_is_not_last() {
+                self.counters.replay_torn_before_later_file += 1;
+            }
             if self.rng.random_bool(0.08) {
                 // A power cut during recovery, some stores synced.
                 for (p, store) in stores.iter_mut().enumerate() {
@@ -778,6 +934,20 @@ impl Crasher {
         self.pending.clear();
         self.checkpoint = Checkpoint::Idle;
         self.start_journal();
+    }
+
+    /// True when the newest journal file a batch reached (the one a torn
+    /// batch is in) has a later file after it: a prepared spare, or what an
+    /// interrupted preparation left.
+    fn torn_file_is_not_last(&self) -> bool {
+        let files = journal::journal_files(&self.journal_dir()).expect("list journal");
+        let written = files.iter().rposition(|(_, path)| {
+            let bytes = fs::read(path).expect("read journal file");
+            bytes
+                .get(JOURNAL_HEADER_LEN..JOURNAL_HEADER_LEN + ENTRY_HEADER_LEN)
+                .is_some_and(|first| first.iter().any(|&byte| byte != 0))
+        });
+        written.is_some_and(|index| index + 1 < files.len())
     }
 
     /// Every key holds an allowed version at or above its floor (exactly
@@ -889,14 +1059,21 @@ impl Crasher {
             }
             Checkpoint::Switched { .. } => self.counters.crash_after_switch += 1,
         }
+        match self.spare {
+            Spare::None => self.counters.crash_spare_none += 1,
+            Spare::Preparing { .. } => self.counters.crash_spare_preparing += 1,
+            Spare::Ready(_) => self.counters.crash_spare_ready += 1,
+        }
         if self.crash_points % 4 == 3 {
             if self.rng.random_bool(0.3) {
                 if let Some(batch) = self.journal().take_batch() {
                     batch.write().expect("write batch");
                 }
             }
+            self.process_crash_in_prepare();
             self.stores = None;
             self.journal = None;
+            self.spare = Spare::None;
             self.counters.process_crashes += 1;
             self.recover(true);
         } else {
@@ -929,6 +1106,7 @@ fn run(default_seed: u64) {
         store.close().expect("close");
     }
     crasher.journal = None;
+    crasher.spare = Spare::None;
     crasher.recover(true);
     println!(
         "journal_crash: seed {seed}: {} crash points in {:.1?}; {:?}",
