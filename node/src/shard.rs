@@ -282,6 +282,17 @@ pub fn journal_directory(data_dir: &std::path::Path, shard: usize) -> PathBuf {
 /// Failed sync epochs remembered for waiters that poll late.
 const SYNC_FAILURES_KEPT: usize = 64;
 
+/// Journal fdatasyncs in flight at once: the next group starts while the
+/// last one's sync is still running.
+const SYNC_CYCLES_IN_FLIGHT: u64 = 2;
+
+/// A sync cycle between its start (batch written) and its fdatasync.
+struct Cycle {
+    epoch: u64,
+    /// The batch written, or why it could not be; `None` without entries.
+    written: Option<Result<meridian_engine::journal::JournalBatch, String>>,
+}
+
 fn storage_error(error: meridian_engine::Error) -> Response {
     let code = match error {
         meridian_engine::Error::KeyTooLarge { .. } => ErrorCode::KeyTooLarge,
@@ -578,8 +589,9 @@ impl Shard {
         SyncWait { shard: self, epoch }
     }
 
-    /// The group-commit loop: one sync cycle whenever one is requested, and
-    /// a checkpoint whenever the journal file is full.
+    /// The group-commit loop: a sync cycle whenever one is requested (up to
+    /// `SYNC_CYCLES_IN_FLIGHT` at once), and a checkpoint whenever the
+    /// journal file is full.
     pub async fn run_sync_loop(self: Rc<Self>) {
         if let Some(journal) = self.journal.borrow().as_ref() {
             let next = journal.sequence() + 1;
@@ -587,21 +599,39 @@ impl Shard {
         }
         loop {
             WaitForRequest { shard: &self }.await;
-            if self.shutdown.load(Ordering::Relaxed)
-                && self.sync_requested.get() <= self.sync_started.get()
-            {
+            let started = self.sync_started.get();
+            if self.shutdown.load(Ordering::Relaxed) && self.sync_requested.get() <= started {
+                let _ = self.wait_synced(started).await;
                 return;
             }
-            self.sync_cycle().await;
-            if let Some(started) = self.switch_journal_if_full() {
-                glommio::spawn_local(Rc::clone(&self).checkpoint(started)).detach();
+            if self.journal_switch_due() {
+                // No batch may still be on its way to the old file once one
+                // goes to the new file: replay cuts a torn batch only in
+                // the newest file a batch reached.
+                let _ = self.wait_synced(started).await;
+                if let Some(sequence) = self.switch_journal() {
+                    glommio::spawn_local(Rc::clone(&self).checkpoint(sequence)).detach();
+                }
             }
+            if started - self.sync_completed.get() >= SYNC_CYCLES_IN_FLIGHT {
+                let _ = self
+                    .wait_synced(started + 1 - SYNC_CYCLES_IN_FLIGHT)
+                    .await;
+            }
+            let cycle = self.start_cycle();
+            glommio::spawn_local(Rc::clone(&self).finish_cycle(cycle)).detach();
         }
     }
 
-    /// Writes the journal entries appended so far and fdatasyncs the
-    /// journal file; completes one epoch.
-    pub async fn sync_cycle(&self) {
+    /// One whole sync cycle, waited for (shutdown's last one).
+    pub async fn sync_cycle(self: &Rc<Self>) {
+        let cycle = self.start_cycle();
+        Rc::clone(self).finish_cycle(cycle).await;
+    }
+
+    /// Starts epoch `sync_started + 1`: takes the journal entries appended
+    /// so far and writes them into the page cache (a few KB: microseconds).
+    fn start_cycle(&self) -> Cycle {
         let epoch = self.sync_started.get() + 1;
         self.sync_started.set(epoch);
         let batch = self
@@ -609,34 +639,43 @@ impl Shard {
             .borrow_mut()
             .as_mut()
             .and_then(JournalWriter::take_batch);
-        let mut failure = None;
-        if let Some(batch) = batch {
-            // Into the page cache inline (a few KB: microseconds), then the
-            // fdatasync through io_uring while the core keeps serving.
-            let outcome = match batch.write() {
-                Ok(()) => glommio::meridian_fdatasync(std::os::unix::io::AsRawFd::as_raw_fd(
-                    &*batch.file,
-                ))
-                .await
-                .map_err(|error| {
-                    format!("fdatasync of journal {} failed: {error}", batch.path.display())
-                }),
-                Err(error) => Err(error.to_string()),
-            };
+        let written = batch.map(|batch| {
             ShardCounters::add(&self.counters.journal_bytes, batch.bytes.len() as u64);
-            if let Err(reason) = outcome {
-                tracing::error!(%reason, "journal failed; this shard refuses writes until restarted");
-                self.journal_failure
-                    .borrow_mut()
-                    .get_or_insert_with(|| reason.clone());
-                self.counters
-                    .sync_failures
-                    .set(self.counters.sync_failures.get() + 1);
-                failure = Some(reason);
+            batch.write().map(|()| batch).map_err(|error| error.to_string())
+        });
+        Cycle { epoch, written }
+    }
+
+    /// fdatasyncs the cycle's journal file through io_uring while the core
+    /// keeps serving, then completes its epoch once the one before it
+    /// completed (epochs complete in order; a later fdatasync also covers
+    /// the earlier batches, but not an earlier failure).
+    async fn finish_cycle(self: Rc<Self>, cycle: Cycle) {
+        let mut outcome = match cycle.written {
+            None => Ok(()),
+            Some(Err(reason)) => Err(reason),
+            Some(Ok(batch)) => {
+                glommio::meridian_fdatasync(std::os::unix::io::AsRawFd::as_raw_fd(&*batch.file))
+                    .await
+                    .map_err(|error| {
+                        format!("fdatasync of journal {} failed: {error}", batch.path.display())
+                    })
             }
+        };
+        if let Err(reason) = &outcome {
+            tracing::error!(%reason, "journal failed; this shard refuses writes until restarted");
+            self.journal_failure
+                .borrow_mut()
+                .get_or_insert_with(|| reason.clone());
+            self.counters
+                .sync_failures
+                .set(self.counters.sync_failures.get() + 1);
+        }
+        if let Err(reason) = self.wait_synced(cycle.epoch - 1).await {
+            outcome = outcome.and(Err(format!("an earlier journal sync failed: {reason}")));
         }
         self.counters.syncs.set(self.counters.syncs.get() + 1);
-        self.complete_epoch(epoch, failure);
+        self.complete_epoch(cycle.epoch, outcome.err());
     }
 
     fn complete_epoch(&self, epoch: u64, failure: Option<String>) {
@@ -653,15 +692,24 @@ impl Shard {
         }
     }
 
-    /// When the journal file is full, no checkpoint runs and the next file
-    /// is ready: switches to it and returns its sequence (the checkpoint
-    /// then removes every file before it).
-    fn switch_journal_if_full(&self) -> Option<u64> {
+    /// True when the journal file is full, no checkpoint runs and the next
+    /// file is ready.
+    fn journal_switch_due(&self) -> bool {
+        !self.checkpointing.get()
+            && self.spare_journal.borrow().is_some()
+            && self
+                .journal
+                .borrow()
+                .as_ref()
+                .is_some_and(JournalWriter::is_full)
+    }
+
+    /// Switches the journal to the prepared file (the caller made sure no
+    /// batch is in flight) and returns its sequence: the checkpoint then
+    /// removes every file before it.
+    fn switch_journal(&self) -> Option<u64> {
         let mut journal = self.journal.borrow_mut();
         let journal = journal.as_mut()?;
-        if !journal.is_full() || self.checkpointing.get() {
-            return None;
-        }
         let next = self.spare_journal.borrow_mut().take()?;
         self.checkpointing.set(true);
         Some(journal.switch_to(next))
