@@ -92,7 +92,9 @@ fn decode_header(bytes: &[u8]) -> std::result::Result<u64, String> {
             "journal format version {version}, this build reads {JOURNAL_FORMAT_VERSION}"
         ));
     }
-    Ok(u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")))
+    Ok(u64::from_le_bytes(
+        bytes[16..24].try_into().expect("8 bytes"),
+    ))
 }
 
 /// The journal files in `directory`, oldest first: (sequence, path).
@@ -543,7 +545,10 @@ mod tests {
         for bit in 0..batch.bytes.len() * 8 {
             let mut bytes = batch.bytes.clone();
             bytes[bit / 8] ^= 1 << (bit % 8);
-            batch.file.write_all_at(&bytes, batch.offset).expect("write");
+            batch
+                .file
+                .write_all_at(&bytes, batch.offset)
+                .expect("write");
             let (seen, _) = collect(dir.path()).expect("newest file: cut, not refused");
             assert!(seen.is_empty(), "bit {bit} flipped went unnoticed");
         }

@@ -504,8 +504,15 @@ impl Shard {
             }
             VnodeOp::Delete { key, version } => {
                 self.counters.deletes.set(self.counters.deletes.get() + 1);
-                let result =
-                    self.write_record(store, partition, RecordKind::Tombstone, &key, &[], version, 0);
+                let result = self.write_record(
+                    store,
+                    partition,
+                    RecordKind::Tombstone,
+                    &key,
+                    &[],
+                    version,
+                    0,
+                );
                 self.finish_write(result, version)
             }
         }
@@ -532,7 +539,11 @@ impl Shard {
         let receipt = store.apply(kind, key, value, version, expires_at)?;
         if receipt.applied == Applied::Written {
             if let Some(journal) = self.journal.borrow_mut().as_mut() {
-                let value = if kind == RecordKind::Tombstone { &[][..] } else { value };
+                let value = if kind == RecordKind::Tombstone {
+                    &[][..]
+                } else {
+                    value
+                };
                 journal.append(
                     partition,
                     &meridian_engine::format::RecordFields {
@@ -614,9 +625,7 @@ impl Shard {
                 }
             }
             if started - self.sync_completed.get() >= SYNC_CYCLES_IN_FLIGHT {
-                let _ = self
-                    .wait_synced(started + 1 - SYNC_CYCLES_IN_FLIGHT)
-                    .await;
+                let _ = self.wait_synced(started + 1 - SYNC_CYCLES_IN_FLIGHT).await;
             }
             let cycle = self.start_cycle();
             glommio::spawn_local(Rc::clone(&self).finish_cycle(cycle)).detach();
@@ -641,7 +650,10 @@ impl Shard {
             .and_then(JournalWriter::take_batch);
         let written = batch.map(|batch| {
             ShardCounters::add(&self.counters.journal_bytes, batch.bytes.len() as u64);
-            batch.write().map(|()| batch).map_err(|error| error.to_string())
+            batch
+                .write()
+                .map(|()| batch)
+                .map_err(|error| error.to_string())
         });
         Cycle { epoch, written }
     }
@@ -658,7 +670,10 @@ impl Shard {
                 glommio::meridian_fdatasync(std::os::unix::io::AsRawFd::as_raw_fd(&*batch.file))
                     .await
                     .map_err(|error| {
-                        format!("fdatasync of journal {} failed: {error}", batch.path.display())
+                        format!(
+                            "fdatasync of journal {} failed: {error}",
+                            batch.path.display()
+                        )
                     })
             }
         };

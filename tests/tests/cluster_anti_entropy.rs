@@ -58,7 +58,10 @@ fn anti_entropy_rebuilds_a_member_that_lost_its_data() {
     let node = cluster.node_mut(3);
     node.stop();
     std::fs::remove_dir_all(node.data_dir()).expect("delete member 3's data directory");
-    assert!(!node.data_dir().exists(), "member 3's data directory is gone");
+    assert!(
+        !node.data_dir().exists(),
+        "member 3's data directory is gone"
+    );
     // Not checked after the restart: its peers' anti-entropy may already
     // have pushed records by the time the test could ask (seen 31 ms after
     // start). That the data came back through anti-entropy is what the

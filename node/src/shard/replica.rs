@@ -235,9 +235,15 @@ impl Shard {
         };
         let key = hint_key(primary, partition, &record.key);
         let version = Version::new(record.hlc, record.origin);
-        if let Err(error) =
-            self.write_record(store, super::HINT_STORE, RecordKind::Put, &key, &[], version, 0)
-        {
+        if let Err(error) = self.write_record(
+            store,
+            super::HINT_STORE,
+            RecordKind::Put,
+            &key,
+            &[],
+            version,
+            0,
+        ) {
             tracing::error!(%error, "hint not stored (anti-entropy will repair)");
         }
     }
