@@ -618,8 +618,12 @@ impl Shard {
             if self.journal_switch_due() {
                 // No batch may still be on its way to the old file once one
                 // goes to the new file: replay cuts a torn batch only in
-                // the newest file a batch reached.
-                let _ = self.wait_synced(started).await;
+                // the newest file a batch reached. (Checked again after the
+                // wait: shutdown's last cycle may start meanwhile.)
+                if self.sync_completed.get() < started {
+                    let _ = self.wait_synced(started).await;
+                    continue;
+                }
                 if let Some(sequence) = self.switch_journal() {
                     glommio::spawn_local(Rc::clone(&self).checkpoint(sequence)).detach();
                 }
