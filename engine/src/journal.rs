@@ -450,7 +450,10 @@ mod tests {
         }
     }
 
-    fn collect(directory: &Path) -> Result<(Vec<(u32, Vec<u8>, u64)>, ReplayReport)> {
+    /// (partition, key, hlc) of each replayed entry.
+    type Seen = Vec<(u32, Vec<u8>, u64)>;
+
+    fn collect(directory: &Path) -> Result<(Seen, ReplayReport)> {
         let mut seen = Vec::new();
         let report = replay(directory, |entry| {
             seen.push((entry.partition, entry.key.to_vec(), entry.version.hlc));
