@@ -57,9 +57,10 @@ use meridian_engine::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+mod support;
+
 const CRASH_POINTS: usize = 260;
 const KEYS: u32 = 48;
-const PAGE: usize = 4096;
 
 #[derive(Debug)]
 struct FixedClock;
@@ -263,42 +264,9 @@ impl Crasher {
         let mut bytes = fs::read(path).expect("read segment");
         let empty = Vec::new();
         let image = self.images.get(path).unwrap_or(&empty);
-        let old = |at: usize| image.get(at).copied().unwrap_or(0);
-        let Some(first_dirty) = (0..bytes.len()).find(|&at| bytes[at] != old(at)) else {
-            return;
-        };
-        let tear_at = self.rng.random_range(first_dirty..=bytes.len());
-        match self.rng.random_range(0..4) {
-            0 => return, // every dirty page made it
-            1 => {
-                for (at, byte) in bytes.iter_mut().enumerate().skip(tear_at) {
-                    *byte = old(at);
-                }
-            }
-            2 => {
-                let garbage_end = (tear_at + self.rng.random_range(1..PAGE)).min(bytes.len());
-                for at in tear_at..bytes.len() {
-                    if bytes[at] != old(at) {
-                        bytes[at] = if at < garbage_end {
-                            self.rng.random()
-                        } else {
-                            old(at)
-                        };
-                    }
-                }
-            }
-            _ => {
-                for page in (first_dirty / PAGE * PAGE..bytes.len()).step_by(PAGE) {
-                    if self.rng.random_bool(0.5) {
-                        let end = (page + PAGE).min(bytes.len());
-                        for (at, byte) in bytes.iter_mut().enumerate().take(end).skip(page) {
-                            *byte = old(at);
-                        }
-                    }
-                }
-            }
+        if support::tear(&mut bytes, image, &mut self.rng, false) {
+            fs::write(path, &bytes).expect("write torn segment");
         }
-        fs::write(path, &bytes).expect("write torn segment");
     }
 
     /// Reopens and checks the recovered state is a prefix covering every

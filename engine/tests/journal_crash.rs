@@ -106,6 +106,8 @@ use meridian_engine::{Applied, Clock, Durability, Options, RecordKind, Store, Ve
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+mod support;
+
 const CRASH_POINTS: usize = 100;
 const PARTITIONS: usize = 4;
 const KEYS: u32 = 240;
@@ -681,47 +683,9 @@ impl Crasher {
         let mut bytes = fs::read(path).expect("read file");
         let empty = Vec::new();
         let image = self.images.get(path).unwrap_or(&empty);
-        let old = |at: usize| image.get(at).copied().unwrap_or(0);
-        let Some(first_dirty) = (0..bytes.len()).find(|&at| bytes[at] != old(at)) else {
-            return;
-        };
-        let last_dirty = (0..bytes.len())
-            .rfind(|&at| bytes[at] != old(at))
-            .expect("a dirty byte");
-        // Within the dirty bytes (past them a tear changes nothing): a
-        // journal file's dirty bytes are one batch of a few KiB in 16.
-        let tear_at = self.rng.random_range(first_dirty..=last_dirty + 1);
-        match self.rng.random_range(0..4) {
-            0 => return, // every dirty page made it
-            1 => {
-                for (at, byte) in bytes.iter_mut().enumerate().skip(tear_at) {
-                    *byte = old(at);
-                }
-            }
-            2 => {
-                let garbage_end = (tear_at + self.rng.random_range(1..PAGE)).min(bytes.len());
-                for (at, byte) in bytes.iter_mut().enumerate().skip(tear_at) {
-                    if *byte != old(at) {
-                        *byte = if at < garbage_end {
-                            self.rng.random()
-                        } else {
-                            old(at)
-                        };
-                    }
-                }
-            }
-            _ => {
-                for page in (first_dirty / PAGE * PAGE..bytes.len()).step_by(PAGE) {
-                    if self.rng.random_bool(0.5) {
-                        let end = (page + PAGE).min(bytes.len());
-                        for (at, byte) in bytes.iter_mut().enumerate().take(end).skip(page) {
-                            *byte = old(at);
-                        }
-                    }
-                }
-            }
+        if support::tear(&mut bytes, image, &mut self.rng, true) {
+            fs::write(path, &bytes).expect("write torn file");
         }
-        fs::write(path, &bytes).expect("write torn file");
     }
 
     /// A journal file whose preparation the power cut interrupted: absent,
