@@ -51,9 +51,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use meridian_engine::{
-    Applied, Clock, Durability, LogPosition, Options, RecordKind, Store, Version,
-};
+use meridian_engine::{Applied, Durability, LogPosition, Options, RecordKind, Store, Version};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -61,15 +59,6 @@ mod support;
 
 const CRASH_POINTS: usize = 260;
 const KEYS: u32 = 48;
-
-#[derive(Debug)]
-struct FixedClock;
-
-impl Clock for FixedClock {
-    fn now_ms(&self) -> u64 {
-        1_700_000_000_000
-    }
-}
 
 /// One write the store accepted.
 #[derive(Clone, Debug)]
@@ -126,7 +115,7 @@ impl Crasher {
             key_bytes_max: 64,
             value_bytes_max: 2048,
             durability: Durability::Sync,
-            clock: Arc::new(FixedClock),
+            clock: Arc::new(support::FixedClock),
             ..Options::default()
         };
         let directory = tempfile::tempdir().expect("temporary directory");

@@ -102,7 +102,7 @@ use meridian_engine::format::RecordFields;
 use meridian_engine::journal::{
     self, JournalWriter, PreparedFile, ENTRY_HEADER_LEN, JOURNAL_HEADER_LEN,
 };
-use meridian_engine::{Applied, Clock, Durability, Options, RecordKind, Store, Version};
+use meridian_engine::{Applied, Durability, Options, RecordKind, Store, Version};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -114,15 +114,6 @@ const KEYS: u32 = 240;
 const SEGMENT_BYTES: u32 = 16 * 1024;
 const JOURNAL_FILE_BYTES: u64 = 16 * 1024;
 const PAGE: usize = 4096;
-
-#[derive(Debug)]
-struct FixedClock;
-
-impl Clock for FixedClock {
-    fn now_ms(&self) -> u64 {
-        1_700_000_000_000
-    }
-}
 
 /// One write a store accepted.
 #[derive(Clone, Debug)]
@@ -269,7 +260,7 @@ impl Crasher {
             value_bytes_max: 2048,
             durability: Durability::None,
             tombstone_grace_s: if drop_tombstones { 0 } else { 24 * 3600 },
-            clock: Arc::new(FixedClock),
+            clock: Arc::new(support::FixedClock),
             ..Options::default()
         };
         let root = tempfile::tempdir().expect("temporary directory");

@@ -2,10 +2,22 @@
 //! (`crash.rs` for one store, `journal_crash.rs` for stores behind a
 //! journal), which model the disk the same way.
 
+use meridian_engine::Clock;
 use rand::rngs::StdRng;
 use rand::Rng;
 
 const PAGE: usize = 4096;
+
+/// A wall clock that never moves: tombstone grace and expiry depend only on
+/// what a test sets, not on when it runs.
+#[derive(Debug)]
+pub struct FixedClock;
+
+impl Clock for FixedClock {
+    fn now_ms(&self) -> u64 {
+        1_700_000_000_000
+    }
+}
 
 /// Reverts some of the dirty bytes of `bytes` (a file as the page cache
 /// holds it) to `image` (what its last fdatasync left on disk; zeros past
