@@ -120,6 +120,30 @@ impl KeyDir {
         entry
     }
 
+    /// Hints the cache line of the index bucket where a lookup of
+    /// `hash_high` starts.
+    pub(crate) fn prefetch_bucket(&self, hash_high: u32) {
+        self.index.prefetch_start(hash_high);
+    }
+
+    /// The slot a lookup of `hash_high` will most likely read, with its
+    /// entry's cache line hinted; `None` when no entry has that hash.
+    pub(crate) fn prefetch_entry(&self, hash_high: u32) -> Option<u32> {
+        let slot = self.index.first_candidate(hash_high)?;
+        let entry = &self.chunks[slot as usize / CHUNK_ENTRIES][slot as usize % CHUNK_ENTRIES];
+        crate::prefetch::prefetch_line(std::ptr::from_ref(entry).cast());
+        Some(slot)
+    }
+
+    /// The live entry in `slot`, if it is one (for hints, which may hold
+    /// a stale slot).
+    pub(crate) fn entry(&self, slot: u32) -> Option<&Entry> {
+        self.chunks
+            .get(slot as usize / CHUNK_ENTRIES)
+            .map(|chunk| &chunk[slot as usize % CHUNK_ENTRIES])
+            .filter(|entry| entry.segment != FREE_SLOT)
+    }
+
     /// Replaces a live entry; its hash must not change.
     pub(crate) fn set(&mut self, slot: u32, entry: Entry) {
         let current =

@@ -37,6 +37,7 @@ pub mod journal;
 mod keydir;
 mod mapped;
 mod options;
+mod prefetch;
 mod recovery;
 mod salvage;
 mod segment;
@@ -51,4 +52,6 @@ pub use format::{RecordKind, Version};
 pub use fsutil::{replace_file, sync_directory};
 pub use options::{Clock, Durability, Options, SystemClock};
 pub use salvage::{salvage, SalvageReport};
-pub use store::{LogPosition, Stats, Store, StoredEntry, SyncPlan, SyncTarget, WriteReceipt};
+pub use store::{
+    LogPosition, LookupWarmup, Stats, Store, StoredEntry, SyncPlan, SyncTarget, WriteReceipt,
+};

@@ -354,6 +354,15 @@ impl Segment {
             .map_err(|reason| Error::corrupt(&self.path, offset as u64, reason.to_string()))
     }
 
+    /// Hints the cache lines of the `len` bytes at `offset` (a record a
+    /// lookup will read); nothing past `written`.
+    pub(crate) fn prefetch(&self, offset: u32, len: u32) {
+        let end = offset.saturating_add(len).min(self.written);
+        if offset < end {
+            crate::prefetch::prefetch_bytes(self.map.slice(offset as usize, end as usize));
+        }
+    }
+
     /// The key of the record at `offset`, read without checking the record's
     /// checksum (for comparisons only; a wrong key just fails to match).
     pub(crate) fn key_at(&self, offset: u32) -> Option<&[u8]> {

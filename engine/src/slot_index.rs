@@ -122,6 +122,19 @@ impl SlotIndex {
         }
     }
 
+    /// Hints the cache line of the bucket where probes for `hash_high`
+    /// start (see `prefetch`).
+    pub(crate) fn prefetch_start(&self, hash_high: u32) {
+        let words = self.words.as_slice();
+        crate::prefetch::prefetch_line(words[self.start_of(hash_high)..].as_ptr().cast());
+    }
+
+    /// The first slot stored under `hash_high`, its key unchecked: the
+    /// entry a lookup will most likely read (a guess, for hints only).
+    pub(crate) fn first_candidate(&self, hash_high: u32) -> Option<u32> {
+        self.find(hash_high, |_| true)
+    }
+
     /// Stores `slot` in the bucket `find_or_vacant` returned for `hash_high`.
     pub(crate) fn fill(&mut self, bucket: usize, hash_high: u32, slot: u32) {
         assert!(self.len < self.capacity());

@@ -58,6 +58,14 @@ pub struct StoredEntry {
     pub expires_at: u32,
 }
 
+/// A lookup of one key, warmed level by level: see [`Store::warm_index`].
+#[derive(Clone, Copy, Debug)]
+pub struct LookupWarmup {
+    hash_high: u32,
+    /// The entry the lookup will most likely read, once `warm_entry` ran.
+    slot: Option<u32>,
+}
+
 /// The files an fdatasync must cover to make everything written so far durable.
 #[derive(Debug, Clone)]
 pub struct SyncPlan {
@@ -409,6 +417,38 @@ impl Store {
             version: header.version,
             expires_at: header.expires_at,
         })
+    }
+
+    /// Round 1 of warming a batch of lookups (a `get`, or the lookup a
+    /// write makes): hints the index bucket of `key`. Call it for every key
+    /// of the batch, then [`Store::warm_entry`] for each, then
+    /// [`Store::warm_record`] for each: the lookups that follow find their
+    /// lines in the cache, and the batch waited for its misses of each level
+    /// together instead of one after the other. Hints only: nothing changes,
+    /// and a warmup made stale by a write in between just warms other lines.
+    pub fn warm_index(&self, key: &[u8]) -> LookupWarmup {
+        let hash_high = format::hash_high(key);
+        self.keydir.prefetch_bucket(hash_high);
+        LookupWarmup {
+            hash_high,
+            slot: None,
+        }
+    }
+
+    /// Round 2: reads the bucket and hints the directory entry.
+    pub fn warm_entry(&self, warmup: &mut LookupWarmup) {
+        warmup.slot = self.keydir.prefetch_entry(warmup.hash_high);
+    }
+
+    /// Round 3: reads the entry and hints the record's first lines.
+    pub fn warm_record(&self, warmup: &LookupWarmup) {
+        let Some(slot) = warmup.slot else { return };
+        let Some(entry) = self.keydir.entry(slot) else {
+            return;
+        };
+        if let Some(Some(segment)) = self.segments.get(entry.segment as usize) {
+            segment.prefetch(entry.offset, entry.record_len());
+        }
     }
 
     /// The key's live value: `None` when absent, deleted or expired.

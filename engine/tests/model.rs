@@ -10,7 +10,9 @@
 //! by hand, and versions are realistic hlcs (milliseconds in the top 48
 //! bits), so expiry and the tombstone grace of compaction run for real.
 //! After every operation the whole model is compared with `read`, `get`,
-//! `len` and `bucket_digest`. A named cursor follows the log: every write
+//! `len` and `bucket_digest`. Around every operation two lookups are warmed
+//! (`warm_index` before it, `warm_entry` and `warm_record` after): hints
+//! made stale must change nothing. A named cursor follows the log: every write
 //! must come out of `read_log`, in order, after the cursor's position.
 //!
 //! Compaction may drop a tombstone (or an expired value) once its grace has
@@ -28,7 +30,7 @@ use std::sync::Arc;
 
 use meridian_engine::format::{bucket_of_hash_high, entry_digest, hash_high};
 use meridian_engine::{
-    Applied, Clock, Durability, LogPosition, Options, RecordKind, Store, Version,
+    Applied, Clock, Durability, LogPosition, LookupWarmup, Options, RecordKind, Store, Version,
 };
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -454,8 +456,31 @@ fn run(segment_kib: u32, sync: bool, dead_fraction: f64, ops: &[Op]) {
         Durability::None
     };
     let mut harness = Harness::new(segment_kib * 1024, durability, dead_fraction);
-    for op in ops {
+    for (step, op) in ops.iter().enumerate() {
+        // Lookups warmed before the op and finished after it (stale by
+        // then, and from a closed store after a reopen) must change nothing
+        // the check sees, and must not panic.
+        let warmed = [
+            step as u8 % KEYS,
+            (step as u8).wrapping_mul(7).wrapping_add(3) % KEYS,
+        ];
+        let mut warmups: Vec<LookupWarmup> = harness
+            .store
+            .as_ref()
+            .map(|store| {
+                warmed
+                    .iter()
+                    .map(|&key| store.warm_index(&key_bytes(key)))
+                    .collect()
+            })
+            .unwrap_or_default();
         harness.apply(op);
+        if let Some(store) = harness.store.as_ref() {
+            warmups
+                .iter_mut()
+                .for_each(|warmup| store.warm_entry(warmup));
+            warmups.iter().for_each(|warmup| store.warm_record(warmup));
+        }
         harness.check();
     }
     // Drain the log, then a last clean restart must change nothing.

@@ -22,7 +22,8 @@ use meridian_net::message::Hello;
 use meridian_net::peer::{self, PeerRequest, PeerResponse};
 use meridian_net::xdc::{is_xdc_request, XdcMessage};
 use meridian_net::{
-    Decoder, Encoder, ErrorCode, Frame, Limits, Request, Response, Role, PROTOCOL_VERSION,
+    DecodeError, Decoder, Encoder, ErrorCode, Frame, Limits, Opcode, Request, Response, Role,
+    PROTOCOL_VERSION,
 };
 
 use crate::metrics::ShardCounters;
@@ -102,6 +103,8 @@ pub struct Connection {
     /// so a batch allocates nothing (empty outside `process`; at most
     /// `requests_in_flight_max` entries).
     slots: Vec<(u32, Slot)>,
+    /// The frames of the batch being processed, kept the same way.
+    frames: Vec<(Frame, Option<Result<Request, DecodeError>>)>,
 }
 
 impl Connection {
@@ -116,6 +119,7 @@ impl Connection {
             xdc: crate::xdc::receive::Session::default(),
             busy,
             slots: Vec::new(),
+            frames: Vec::new(),
         }
     }
 
@@ -164,31 +168,45 @@ impl Connection {
         let in_flight_max = self.shard.config.limits.requests_in_flight_max;
         let mut slots = std::mem::take(&mut self.slots);
         debug_assert!(slots.is_empty());
-        let mut wait_epoch = None;
-        let mut close = false;
-        while slots.len() < in_flight_max {
-            let frame = match self.decoder.decode(input) {
-                Ok(Some(frame)) => frame,
+        let mut frames = std::mem::take(&mut self.frames);
+        debug_assert!(frames.is_empty());
+        let mut undecodable = None;
+        while frames.len() < in_flight_max {
+            match self.decoder.decode(input) {
+                Ok(Some(frame)) => frames.push((frame, None)),
                 Ok(None) => break,
                 Err(refused) => {
-                    slots.push((
+                    undecodable = Some((
                         request_id_of(input),
                         Slot::Ready(Response::from_decode_error(&refused)),
                     ));
-                    close = true;
                     break;
                 }
-            };
+            }
+        }
+        if frames.len() > 1 {
+            self.warm(&mut frames);
+        }
+        let mut wait_epoch = None;
+        let mut close = false;
+        for (frame, request) in frames.drain(..) {
             let request_id = frame.request_id;
-            let (slot, epoch, refused) = self.execute(frame).await;
+            let (slot, epoch, refused) = self.execute(frame, request).await;
             if let Some(epoch) = epoch {
                 wait_epoch = Some(epoch);
             }
             slots.push((request_id, slot));
             if refused {
+                // The frames after it are dropped unanswered: the
+                // connection closes once this answer is written.
                 close = true;
                 break;
             }
+        }
+        self.frames = frames;
+        if let Some(answer) = undecodable.filter(|_| !close) {
+            slots.push(answer);
+            close = true;
         }
         let saturated = !close && slots.len() >= in_flight_max;
         let synced = match wait_epoch {
@@ -328,9 +346,41 @@ impl Connection {
         }
     }
 
-    /// Executes one frame: the answer slot, a sync epoch to wait for, and
-    /// whether the connection must close after answering.
-    async fn execute(&mut self, frame: Frame) -> (Slot, Option<u64>, bool) {
+    /// Decodes the client requests of a batch of frames and warms the cache
+    /// lines their keys' lookups will read (`Shard::warm_lookups`), so a
+    /// pipelined batch of GETs waits for its cache misses together. Only on
+    /// a greeted client connection of a single node: peers, XDC links and
+    /// coordinated requests take other paths.
+    fn warm(&self, frames: &mut [(Frame, Option<Result<Request, DecodeError>>)]) {
+        if self.role != Some(Role::Client) || self.shard.cluster.is_some() {
+            return;
+        }
+        for (frame, request) in frames.iter_mut() {
+            if matches!(frame.opcode, Opcode::GET | Opcode::PUT | Opcode::DELETE) {
+                *request = Some(Request::decode(
+                    frame.opcode,
+                    frame.body.clone(),
+                    self.decoder.limits(),
+                ));
+            }
+        }
+        self.shard
+            .warm_lookups(frames.iter().filter_map(|(_, request)| match request {
+                Some(Ok(Request::Get { key, .. }))
+                | Some(Ok(Request::Put { key, .. }))
+                | Some(Ok(Request::Delete { key, .. })) => Some(&key[..]),
+                _ => None,
+            }));
+    }
+
+    /// Executes one frame (`request`: its body, when `warm` decoded it
+    /// already): the answer slot, a sync epoch to wait for, and whether the
+    /// connection must close after answering.
+    async fn execute(
+        &mut self,
+        frame: Frame,
+        request: Option<Result<Request, DecodeError>>,
+    ) -> (Slot, Option<u64>, bool) {
         if self.role == Some(Role::Peer) && peer::is_peer_request(frame.opcode) {
             return self.execute_peer(&frame);
         }
@@ -357,7 +407,11 @@ impl Connection {
                 crate::xdc::receive::Step::Applying(task) => (Slot::XdcBatch(task), None, false),
             };
         }
-        let request = match frame.into_request(self.decoder.limits()) {
+        let decoded = match request {
+            Some(decoded) => decoded,
+            None => frame.into_request(self.decoder.limits()),
+        };
+        let request = match decoded {
             Ok(request) => request,
             Err(refused) => {
                 // A key, value or batch over its limit sits in a well-formed

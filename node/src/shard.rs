@@ -22,7 +22,7 @@ use std::task::Waker;
 
 use bytes::Bytes;
 use meridian_engine::journal::{JournalWriter, PreparedFile};
-use meridian_engine::{Applied, Options, RecordKind, Store, Version, WriteReceipt};
+use meridian_engine::{Applied, LookupWarmup, Options, RecordKind, Store, Version, WriteReceipt};
 use meridian_net::message::{Version as WireVersion, VersionedValue};
 use meridian_net::{ErrorCode, Response};
 
@@ -138,6 +138,11 @@ pub enum ShardCall {
         reply: flume::Sender<Vec<u32>>,
     },
 }
+
+/// Keys one `Shard::warm_lookups` warms at most (a pipelined batch's
+/// first ones; the misses of more than this many would not all be in
+/// flight at once anyway).
+const WARM_KEYS_MAX: usize = 32;
 
 /// What a shard reports for STATS, NODEHEALTH and the metrics.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -419,6 +424,36 @@ impl Shard {
     /// Stamps a new version for a write this shard coordinates.
     pub fn stamp(&self) -> Version {
         Version::new(self.clock.borrow_mut().next(), self.origin)
+    }
+
+    /// Warms the cache lines that looking up `keys` in this shard's stores
+    /// will read (`Store::warm_index`, level by level over the batch), so
+    /// that a pipelined batch waits for its cache misses together instead
+    /// of one key after the other. Keys of other shards, and keys beyond
+    /// the first `WARM_KEYS_MAX`, are skipped. Hints only: nothing changes.
+    pub fn warm_lookups<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) {
+        let stores = self.stores.borrow();
+        let mut warming: [Option<(&Store, LookupWarmup)>; WARM_KEYS_MAX] = [None; WARM_KEYS_MAX];
+        let mut count = 0;
+        for key in keys {
+            if count == WARM_KEYS_MAX {
+                break;
+            }
+            let partition = self.partitioner.partition_of(key);
+            if self.partitioner.shard_of_partition(partition) != self.index {
+                continue;
+            }
+            if let Some(store) = stores.get(&partition) {
+                warming[count] = Some((store, store.warm_index(key)));
+                count += 1;
+            }
+        }
+        for (store, warmup) in warming[..count].iter_mut().flatten() {
+            store.warm_entry(warmup);
+        }
+        for (store, warmup) in warming[..count].iter().flatten() {
+            store.warm_record(warmup);
+        }
     }
 
     /// Applies an op to a local vnode. Returns the response and, for a write
