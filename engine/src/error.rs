@@ -36,9 +36,10 @@ pub enum Error {
     ValueTooLarge { length: usize, maximum: usize },
     #[error("keys must not be empty")]
     EmptyKey,
-    /// A sync failed earlier; the kernel may have dropped dirty pages, so the
-    /// store accepts no more writes until it is reopened.
-    #[error("store refuses writes: an earlier fdatasync failed ({reason})")]
+    /// A sync (or, in a server, a journal write) failed earlier; the kernel
+    /// may have dropped dirty pages, so no more writes are accepted until
+    /// the store is reopened (the server restarted).
+    #[error("writes refused until restart: an earlier write or sync failed ({reason})")]
     WritesRefused { reason: String },
     /// The cursor asked for a position whose segment was compacted away.
     #[error("log cursor {name:?} fell behind: position {segment}:{offset} is no longer retained")]

@@ -247,6 +247,12 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts a server and waits until it listens.
     pub fn start(config: ServerConfig) -> ServerProcess {
+        ServerProcess::start_prepared(config, |_| {})
+    }
+
+    /// Starts a server once `prepare` has set up its (empty, existing) data
+    /// directory: a test mounts a small filesystem there, say.
+    pub fn start_prepared(config: ServerConfig, prepare: impl FnOnce(&Path)) -> ServerProcess {
         let root = tempfile::Builder::new()
             .prefix("meridian-test-")
             .tempdir()
@@ -257,6 +263,8 @@ impl ServerProcess {
             config,
             root,
         };
+        fs::create_dir_all(server.data_dir()).expect("create the data directory");
+        prepare(&server.data_dir());
         server.launch();
         server
     }
