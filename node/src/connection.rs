@@ -27,7 +27,7 @@ use meridian_net::{
 };
 
 use crate::metrics::ShardCounters;
-use crate::shard::{Shard, ShardCall, VnodeOp};
+use crate::shard::{Shard, ShardCall, VnodeOp, WARM_KEYS_MAX};
 
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -741,13 +741,20 @@ impl Connection {
         }
     }
 
+    /// Reads the keys in order, warming each `WARM_KEYS_MAX` of them
+    /// together first (as `warm` does for a pipelined batch).
     async fn multi_get(&self, keys: Vec<Bytes>) -> Response {
         let mut entries = Vec::with_capacity(keys.len());
-        for key in keys {
-            match self.resolve(VnodeOp::Get { key }).await {
-                Response::Value(value) => entries.push(Some(value)),
-                Response::NotFound => entries.push(None),
-                failure => return failure,
+        for group in keys.chunks(WARM_KEYS_MAX) {
+            if self.shard.cluster.is_none() {
+                self.shard.warm_lookups(group.iter().map(|key| &key[..]));
+            }
+            for key in group {
+                match self.resolve(VnodeOp::Get { key: key.clone() }).await {
+                    Response::Value(value) => entries.push(Some(value)),
+                    Response::NotFound => entries.push(None),
+                    failure => return failure,
+                }
             }
         }
         Response::Values { entries }

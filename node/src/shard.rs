@@ -142,7 +142,7 @@ pub enum ShardCall {
 /// Keys one `Shard::warm_lookups` warms at most (a pipelined batch's
 /// first ones; the misses of more than this many would not all be in
 /// flight at once anyway).
-const WARM_KEYS_MAX: usize = 32;
+pub const WARM_KEYS_MAX: usize = 32;
 
 /// What a shard reports for STATS, NODEHEALTH and the metrics.
 #[derive(Clone, Debug, Default, serde::Serialize)]

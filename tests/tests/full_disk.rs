@@ -148,7 +148,9 @@ fn a_full_disk_refuses_writes_clearly_and_loses_nothing_acknowledged() {
     // (the shard refuses every write until restarted).
     for path in ["segment", "journal"] {
         assert!(
-            refusals.iter().any(|(_, _, message)| message.contains(path)),
+            refusals
+                .iter()
+                .any(|(_, _, message)| message.contains(path)),
             "no refusal came from the {path}: {refusals:?}"
         );
     }
