@@ -82,6 +82,7 @@ impl SlotIndex {
     }
 
     /// The slot under `hash_high` for which `is_key` holds.
+    #[inline]
     pub(crate) fn find(&self, hash_high: u32, mut is_key: impl FnMut(u32) -> bool) -> Option<u32> {
         let words = self.words.as_slice();
         let mask = words.len() - 1;
