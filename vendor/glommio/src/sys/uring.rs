@@ -1274,6 +1274,9 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// MERIDIAN PATCH: the timeout that ends a sleep for a user timer, and
+    /// when it fires.
+    sleep_timer_src: Cell<Option<(Source, Instant)>>,
     // MERIDIAN PATCH: when the pending latency preemption timer fires.
     latency_preemption_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
@@ -1421,6 +1424,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            sleep_timer_src: Cell::new(None), // MERIDIAN PATCH
             latency_preemption_deadline: Cell::new(None), // MERIDIAN PATCH
             throughput_preemption_timeout_src: Cell::new(None),
             throughput_armed_at: Cell::new(0), // MERIDIAN PATCH
@@ -1907,34 +1911,22 @@ impl Reactor {
         // new ones on every call, i.e. on every executor loop iteration: two
         // cancellations, two timeouts and an eventfd write through both rings
         // (four io_uring_enter calls) per iteration. A latency timer that is
-        // still pending, fires no later than a fresh one would and leaves at
-        // least half a quota is kept, unless we may sleep (then it is
-        // cancelled as upstream does, so that it does not wake us). The
-        // throughput timer (fires after `ring_depth` completions) is kept
-        // while pending and young (below). See vendor/README.md.
-        let mut kept_latency_timer = None;
-        if let (Some(preempt), Some(src)) =
-            (preempt_timer(), self.latency_preemption_timeout_src.take())
-        {
-            let now = Instant::now();
-            let pending = src.inner.borrow().wakers.result.is_none();
-            match self.latency_preemption_deadline.get() {
-                Some(deadline)
-                    if pending && deadline <= now + preempt && deadline >= now + preempt / 2 =>
-                {
-                    kept_latency_timer = Some(src);
-                }
-                _ => drop(src),
-            }
-        } else {
-            // Cancel the old timer regardless of whether we can sleep:
-            // if we won't sleep, we will register the new timer with its new
-            // value.
-            //
-            // But if we will sleep, there might be a timer registered that needs
-            // to be removed otherwise we'll wake up when it expires.
-            drop(self.latency_preemption_timeout_src.take());
-        }
+        // still pending is kept, even when we may sleep: if it fires while
+        // we sleep it wakes us once, which costs far less than what upstream
+        // pays at moderate load (there the loop would cancel the timer before
+        // each possible sleep, find new work instead of sleeping, and arm a
+        // fresh timer: an ASYNC_CANCEL and a TIMEOUT per request or so). It
+        // is replaced below only when it would leave a task queue less than
+        // half a quota, or more than one. The throughput timer (fires after
+        // `ring_depth` completions) is kept while pending and young (below).
+        // See vendor/README.md.
+        let kept_latency_timer = self
+            .latency_preemption_timeout_src
+            .take()
+            .filter(|src| src.inner.borrow().wakers.result.is_none());
+        let kept_latency_deadline = kept_latency_timer
+            .as_ref()
+            .and(self.latency_preemption_deadline.get());
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
@@ -1983,11 +1975,29 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
+            // MERIDIAN PATCH: a user timer wakes us through its own timeout
+            // in the latency ring, kept in `sleep_timer_src` while pending
+            // and reused while it fires no later than needed (upstream armed
+            // one for every sleep and cancelled it on waking: an ASYNC_CANCEL
+            // and a TIMEOUT per sleep, with a periodic timer always due). A
+            // kept preemption timer that fires no later wakes us in time
+            // already.
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                self.latency_preemption_deadline.set(None); // MERIDIAN PATCH: never kept
-                assert!(flush_rings!(lat_ring)? > 0);
+                let due = Instant::now() + dur;
+                let preemption_in_time = kept_latency_deadline.is_some_and(|at| at <= due);
+                let kept_sleep_timer = self
+                    .sleep_timer_src
+                    .take()
+                    .filter(|(src, at)| src.inner.borrow().wakers.result.is_none() && *at <= due);
+                match kept_sleep_timer {
+                    Some(kept) => self.sleep_timer_src.set(Some(kept)),
+                    None if preemption_in_time => {}
+                    None => {
+                        self.sleep_timer_src
+                            .set(Some((lat_ring.prepare_latency_preemption_timer(dur), due)));
+                        assert!(flush_rings!(lat_ring)? > 0);
+                    }
+                }
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
@@ -2013,17 +2023,23 @@ impl Reactor {
             }
         }
 
+        // MERIDIAN PATCH: reuse the still pending timer kept above while it
+        // leaves between half a quota and one (dropping it cancels it).
         if let Some(preempt) = preempt_timer() {
-            // MERIDIAN PATCH: reuse the still pending timer kept above.
-            if let (Some(src), false) = (kept_latency_timer, should_sleep) {
-                self.latency_preemption_timeout_src.set(Some(src));
-            } else {
-                let now = Instant::now();
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-                self.latency_preemption_deadline.set(Some(now + preempt));
+            let now = Instant::now();
+            let fits = kept_latency_deadline
+                .is_some_and(|deadline| deadline <= now + preempt && deadline >= now + preempt / 2);
+            match kept_latency_timer {
+                Some(src) if fits => self.latency_preemption_timeout_src.set(Some(src)),
+                _ => {
+                    self.latency_preemption_timeout_src
+                        .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                    self.latency_preemption_deadline.set(Some(now + preempt));
+                }
             }
             flush_rings!(lat_ring, main_ring)?;
+        } else if let Some(src) = kept_latency_timer {
+            self.latency_preemption_timeout_src.set(Some(src));
         }
 
         // A Note about `need_preempt`:
