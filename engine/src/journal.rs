@@ -490,18 +490,24 @@ mod tests {
         assert_eq!(seen, vec![(3, b"a".to_vec(), 12)]);
     }
 
-    #[test]
-    fn a_torn_newest_batch_is_cut_and_damage_in_an_older_file_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let first = PreparedFile::create(dir.path(), 1, 4096).expect("prepare");
-        let mut writer = JournalWriter::new(dir.path(), first, 4096);
+    /// A journal file 1 holding one whole batch (k1) and the first half of
+    /// a second (k2): what a power cut during the second write leaves.
+    fn journal_with_a_torn_second_batch(dir: &Path) -> JournalWriter {
+        let first = PreparedFile::create(dir, 1, 4096).expect("prepare");
+        let mut writer = JournalWriter::new(dir, first, 4096);
         writer.append(1, &fields(b"k1", b"v", 1));
         writer.take_batch().expect("batch").write().expect("write");
         writer.append(1, &fields(b"k2", b"v", 2));
         let batch = writer.take_batch().expect("batch");
-        // Only the first half of the second batch reached the disk.
         let half = &batch.bytes[..batch.bytes.len() / 2];
         batch.file.write_all_at(half, batch.offset).expect("write");
+        writer
+    }
+
+    #[test]
+    fn a_torn_newest_batch_is_cut_and_damage_in_an_older_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut writer = journal_with_a_torn_second_batch(dir.path());
         let (seen, report) = collect(dir.path()).expect("replay");
         assert_eq!(seen.len(), 1);
         assert!(report.torn_bytes > 0);
@@ -520,16 +526,7 @@ mod tests {
     #[test]
     fn a_torn_batch_before_a_prepared_empty_file_is_cut_not_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let first = PreparedFile::create(dir.path(), 1, 4096).expect("prepare");
-        let mut writer = JournalWriter::new(dir.path(), first, 4096);
-        writer.append(1, &fields(b"k1", b"v", 1));
-        writer.take_batch().expect("batch").write().expect("write");
-        writer.append(1, &fields(b"k2", b"v", 2));
-        let batch = writer.take_batch().expect("batch");
-        batch
-            .file
-            .write_all_at(&batch.bytes[..batch.bytes.len() / 2], batch.offset)
-            .expect("write");
+        journal_with_a_torn_second_batch(dir.path());
         // The next file, prepared ahead; no batch reached it.
         PreparedFile::create(dir.path(), 2, 4096).expect("prepare");
         let (seen, report) = collect(dir.path()).expect("a torn tail, not corruption");

@@ -57,6 +57,8 @@ use rand::{Rng, SeedableRng};
 
 mod support;
 
+use support::value_bytes;
+
 const CRASH_POINTS: usize = 260;
 const KEYS: u32 = 48;
 
@@ -90,12 +92,6 @@ struct Crasher {
 
 fn key_bytes(key: u32) -> Vec<u8> {
     format!("key-{key}-{}", "x".repeat(key as usize % 5)).into_bytes()
-}
-
-fn value_bytes(version: Version, len: usize) -> Vec<u8> {
-    (0..len as u64)
-        .map(|i| (version.hlc.wrapping_mul(i + 3) >> 11) as u8)
-        .collect()
 }
 
 fn segment_files(directory: &Path) -> Vec<PathBuf> {

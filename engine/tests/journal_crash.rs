@@ -108,6 +108,8 @@ use rand::{Rng, SeedableRng};
 
 mod support;
 
+use support::value_bytes;
+
 const CRASH_POINTS: usize = 100;
 const PARTITIONS: usize = 4;
 const KEYS: u32 = 240;
@@ -223,12 +225,6 @@ fn key_bytes(key: u32) -> Vec<u8> {
 
 fn partition_of(key: u32) -> usize {
     key as usize % PARTITIONS
-}
-
-fn value_bytes(version: Version, len: usize) -> Vec<u8> {
-    (0..len as u64)
-        .map(|i| (version.hlc.wrapping_mul(i + 3) >> 11) as u8)
-        .collect()
 }
 
 /// The files of a store or journal directory, sorted (the lock file left out).

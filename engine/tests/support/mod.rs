@@ -2,7 +2,7 @@
 //! (`crash.rs` for one store, `journal_crash.rs` for stores behind a
 //! journal), which model the disk the same way.
 
-use meridian_engine::Clock;
+use meridian_engine::{Clock, Version};
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -17,6 +17,14 @@ impl Clock for FixedClock {
     fn now_ms(&self) -> u64 {
         1_700_000_000_000
     }
+}
+
+/// A value of `len` bytes that depends on `version`: a value read back
+/// shows which write it came from.
+pub fn value_bytes(version: Version, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| (version.hlc.wrapping_mul(i + 3) >> 11) as u8)
+        .collect()
 }
 
 /// Reverts some of the dirty bytes of `bytes` (a file as the page cache
