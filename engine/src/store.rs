@@ -375,7 +375,15 @@ impl Store {
             0,
         )?;
         let mut segment = segment;
-        segment.reserve(record_len)?;
+        if let Err(error) = segment.reserve(record_len) {
+            // The disk had room for the new segment's header but not for
+            // the record: remove the file, or the next try could not create
+            // it again (and would fail even once there is room).
+            let path = segment.path.clone();
+            drop(segment);
+            let _ = std::fs::remove_file(&path);
+            return Err(error);
+        }
         let active = self.active;
         if let Err(error) = self.segment_mut(active).try_seal() {
             // Only a pwrite seal fails; it may be half written.
