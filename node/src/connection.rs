@@ -2,8 +2,9 @@
 //!
 //! The loop reads what the socket has, decodes every complete frame (at most
 //! `requests_in_flight_max`; the rest waits in the buffer and the socket, so
-//! a fast sender meets TCP back-pressure, not an unbounded queue), executes
-//! them — on this shard directly, on another shard through its inbox — and
+//! a fast sender meets TCP back-pressure, not an unbounded queue), warms
+//! their keys' lookups (a pipelined batch together; a lone GET with those of
+//! the other connections woken at the same time), executes them — on this shard directly, on another shard through its inbox — and
 //! writes the answers in request order with one write. Writes that must be
 //! durable wait together for one group commit before their answers go out.
 //!
@@ -186,6 +187,12 @@ impl Connection {
         }
         if frames.len() > 1 {
             self.warm(&mut frames);
+        } else if self.queue_warmup(&mut frames) {
+            // A lone GET: the connections woken together with this one queue
+            // their keys too while it yields once; the first to run again
+            // warms them all.
+            futures_lite::future::yield_now().await;
+            self.shard.warm_queued();
         }
         let mut wait_epoch = None;
         let mut close = false;
@@ -371,6 +378,30 @@ impl Connection {
                 | Some(Ok(Request::Delete { key, .. })) => Some(&key[..]),
                 _ => None,
             }));
+    }
+
+    /// Decodes a batch of one GET and queues its key for the shard's next
+    /// warmup (`Shard::queue_warmup`): unpipelined clients send one request
+    /// at a time, but the connections the reactor wakes together run one
+    /// after the other, so their lookups can be warmed together. Returns
+    /// whether the key was queued (the caller then yields once).
+    fn queue_warmup(&self, frames: &mut [(Frame, Option<Result<Request, DecodeError>>)]) -> bool {
+        if self.role != Some(Role::Client) || self.shard.cluster.is_some() {
+            return false;
+        }
+        let Some((frame, request)) = frames.first_mut() else {
+            return false;
+        };
+        if frame.opcode != Opcode::GET {
+            return false;
+        }
+        let decoded = Request::decode(frame.opcode, frame.body.clone(), self.decoder.limits());
+        let queued = match &decoded {
+            Ok(Request::Get { key, .. }) => self.shard.queue_warmup(key.clone()),
+            _ => false,
+        };
+        *request = Some(decoded);
+        queued
     }
 
     /// Executes one frame (`request`: its body, when `warm` decoded it

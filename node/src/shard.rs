@@ -211,6 +211,8 @@ pub struct Shard {
     checkpointing: Cell<bool>,
     /// Why writes are refused since a journal write or sync failed.
     journal_failure: RefCell<Option<String>>,
+    /// Keys of lone GETs waiting for `warm_queued` (at most `WARM_KEYS_MAX`).
+    warm_queue: RefCell<Vec<Bytes>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -332,6 +334,7 @@ impl Shard {
             spare_journal: RefCell::new(None),
             checkpointing: Cell::new(false),
             journal_failure: RefCell::new(None),
+            warm_queue: RefCell::new(Vec::new()),
             config,
         })
     }
@@ -431,6 +434,26 @@ impl Shard {
     /// that a pipelined batch waits for its cache misses together instead
     /// of one key after the other. Keys of other shards, and keys beyond
     /// the first `WARM_KEYS_MAX`, are skipped. Hints only: nothing changes.
+    /// Queues `key` for the next `warm_queued` (at most `WARM_KEYS_MAX`
+    /// keys wait); returns whether it was queued.
+    pub fn queue_warmup(&self, key: Bytes) -> bool {
+        let mut queued = self.warm_queue.borrow_mut();
+        if queued.len() >= WARM_KEYS_MAX {
+            return false;
+        }
+        queued.push(key);
+        true
+    }
+
+    /// Warms the lookups of every queued key together and empties the
+    /// queue (the connections that queued them find it empty).
+    pub fn warm_queued(&self) {
+        let keys = std::mem::take(&mut *self.warm_queue.borrow_mut());
+        if !keys.is_empty() {
+            self.warm_lookups(keys.iter().map(|key| &key[..]));
+        }
+    }
+
     pub fn warm_lookups<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) {
         let stores = self.stores.borrow();
         let mut warming: [Option<(&Store, LookupWarmup)>; WARM_KEYS_MAX] = [None; WARM_KEYS_MAX];
