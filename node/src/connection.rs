@@ -65,6 +65,9 @@ impl std::fmt::Debug for Slot {
     }
 }
 
+/// A frame's body decoded as a request, or why it could not be.
+type Decoded = Result<Request, DecodeError>;
+
 pub fn net_limits(shard: &Shard) -> Limits {
     let limits = &shard.config.limits;
     Limits {
@@ -105,7 +108,7 @@ pub struct Connection {
     /// `requests_in_flight_max` entries).
     slots: Vec<(u32, Slot)>,
     /// The frames of the batch being processed, kept the same way.
-    frames: Vec<(Frame, Option<Result<Request, DecodeError>>)>,
+    frames: Vec<(Frame, Option<Decoded>)>,
 }
 
 impl Connection {
@@ -353,13 +356,19 @@ impl Connection {
         }
     }
 
+    /// Whether this connection warms its keys' lookups: a greeted client of
+    /// a single node (peers, XDC links and coordinated requests take other
+    /// paths).
+    fn warms_lookups(&self) -> bool {
+        self.role == Some(Role::Client) && self.shard.cluster.is_none()
+    }
+
     /// Decodes the client requests of a batch of frames and warms the cache
     /// lines their keys' lookups will read (`Shard::warm_lookups`), so a
-    /// pipelined batch of GETs waits for its cache misses together. Only on
-    /// a greeted client connection of a single node: peers, XDC links and
-    /// coordinated requests take other paths.
-    fn warm(&self, frames: &mut [(Frame, Option<Result<Request, DecodeError>>)]) {
-        if self.role != Some(Role::Client) || self.shard.cluster.is_some() {
+    /// pipelined batch of GETs waits for its cache misses together (see
+    /// `warms_lookups` for which connections do).
+    fn warm(&self, frames: &mut [(Frame, Option<Decoded>)]) {
+        if !self.warms_lookups() {
             return;
         }
         for (frame, request) in frames.iter_mut() {
@@ -385,8 +394,8 @@ impl Connection {
     /// at a time, but the connections the reactor wakes together run one
     /// after the other, so their lookups can be warmed together. Returns
     /// whether the key was queued (the caller then yields once).
-    fn queue_warmup(&self, frames: &mut [(Frame, Option<Result<Request, DecodeError>>)]) -> bool {
-        if self.role != Some(Role::Client) || self.shard.cluster.is_some() {
+    fn queue_warmup(&self, frames: &mut [(Frame, Option<Decoded>)]) -> bool {
+        if !self.warms_lookups() {
             return false;
         }
         let Some((frame, request)) = frames.first_mut() else {
@@ -410,7 +419,7 @@ impl Connection {
     async fn execute(
         &mut self,
         frame: Frame,
-        request: Option<Result<Request, DecodeError>>,
+        request: Option<Decoded>,
     ) -> (Slot, Option<u64>, bool) {
         if self.role == Some(Role::Peer) && peer::is_peer_request(frame.opcode) {
             return self.execute_peer(&frame);
