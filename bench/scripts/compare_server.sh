@@ -187,6 +187,17 @@ for pair in $(seq "$PAIRS"); do
         load "c-$system-$pair" "$system" --pipeline 1 --read-ratio 0
         stop_server
     done
+    # Ceilings (reference rows, no goal): c's writes with no fsync at all,
+    # the most durability could ever give; and the CPU per request of the
+    # leanest transport (tokio, PING only) at e's rate, the floor under d.
+    start_system meridian periodic
+    load "c0-meridian-$pair" meridian --pipeline 1 --read-ratio 0
+    stop_server
+    if (( rate > 0 )); then
+        start_system tokio
+        load "d0-tokio-$pair" tokio --pipeline 1 --ping --rate "$rate"
+        stop_server
+    fi
     for system in meridian tokio; do
         [[ "${order[0]}" == redis ]] && system=$([[ $system == meridian ]] && echo tokio || echo meridian)
         start_system "$system"
@@ -205,32 +216,41 @@ def load(name):
     path = os.path.join(raw, name + ".json")
     return json.load(open(path)) if os.path.exists(path) else None
 
-# (name, figure prefix, Meridian side, peer side, extract, unit, higher is better, goal ratio)
+# (name, run of the measured side, run of the peer side, extract, unit,
+#  higher is better, goal ratio or None for a reference row); a run is
+# (figure prefix, system), its files RAW/prefix-system-pair.json.
+THROUGHPUT = lambda r: r["throughput_ops"]
+CPU = lambda r: r["server_cpu_us_per_request"]
 FIGURES = [
-    ("a: 50 conns, no pipelining, 90% reads", "a", "meridian", "redis",
-     lambda r: r["throughput_ops"], "ops/s", True, 1.0),
-    ("b: 50 conns, pipeline 16, 90% reads", "b", "meridian", "redis",
-     lambda r: r["throughput_ops"], "ops/s", True, 1.3),
-    ("c: durable writes (sync vs appendfsync always)", "c", "meridian", "redis",
-     lambda r: r["throughput_ops"], "ops/s", True, 2.0),
-    ("d: server CPU per 1M requests at the rate of e", "e", "meridian", "redis",
-     lambda r: r["server_cpu_us_per_request"], "cpu s/1M req", False, 1 / 0.7),
-    ("d': server CPU per 1M requests, saturated (run a)", "a", "meridian", "redis",
-     lambda r: r["server_cpu_us_per_request"], "cpu s/1M req", False, 1 / 0.7),
-    ("e: p99 at half Redis's max rate", "e", "meridian", "redis",
+    ("a: 50 conns, no pipelining, 90% reads", ("a", "meridian"), ("a", "redis"),
+     THROUGHPUT, "ops/s", True, 1.0),
+    ("b: 50 conns, pipeline 16, 90% reads", ("b", "meridian"), ("b", "redis"),
+     THROUGHPUT, "ops/s", True, 1.3),
+    ("c: durable writes (sync vs appendfsync always)", ("c", "meridian"), ("c", "redis"),
+     THROUGHPUT, "ops/s", True, 2.0),
+    ("d: server CPU per 1M requests at the rate of e", ("e", "meridian"), ("e", "redis"),
+     CPU, "cpu s/1M req", False, 1 / 0.7),
+    ("d': server CPU per 1M requests, saturated (run a)", ("a", "meridian"), ("a", "redis"),
+     CPU, "cpu s/1M req", False, 1 / 0.7),
+    ("e: p99 at half Redis's max rate", ("e", "meridian"), ("e", "redis"),
      lambda r: r["latency"]["p99_us"], "us", False, 1.0),
-    ("f: PING throughput (transport)", "f", "meridian", "tokio",
-     lambda r: r["throughput_ops"], "ops/s", True, 1.2),
+    ("f: PING throughput (transport)", ("f", "meridian"), ("f", "tokio"),
+     THROUGHPUT, "ops/s", True, 1.2),
+    # Ceilings: what c and d could reach at best on this machine.
+    ("c ceiling: Meridian writes with no fsync vs Redis appendfsync always",
+     ("c0", "meridian"), ("c", "redis"), THROUGHPUT, "ops/s", True, None),
+    ("d floor: tokio PING-only server's CPU at the rate of e vs Redis",
+     ("d0", "tokio"), ("e", "redis"), CPU, "cpu s/1M req", False, None),
 ]
 
 def span(values):
     return (statistics.median(values), min(values), max(values)) if values else None
 
 rows, table = [], []
-for name, prefix, ours, peer, extract, unit, higher, goal in FIGURES:
+for name, (prefix, ours), (peer_prefix, peer), extract, unit, higher, goal in FIGURES:
     mine, theirs, ratios = [], [], []
     for pair in range(1, pairs + 1):
-        a, b = load(f"{prefix}-{ours}-{pair}"), load(f"{prefix}-{peer}-{pair}")
+        a, b = load(f"{prefix}-{ours}-{pair}"), load(f"{peer_prefix}-{peer}-{pair}")
         x = extract(a) if a else None
         y = extract(b) if b else None
         if x is not None: mine.append(x)
@@ -242,20 +262,22 @@ for name, prefix, ours, peer, extract, unit, higher, goal in FIGURES:
     if prefix == "e":
         e = load(f"e-{ours}-1")
         rate = e and e.get("target_rate_ops")
+    met = None if goal is None else bool(q and q[0] >= goal - 1e-9)
     rows.append({
-        "name": name, "value": m and m[0], "unit": unit, "peer": peer,
+        "name": name, "system": ours, "value": m and m[0], "unit": unit, "peer": peer,
         "peer_value": p and p[0], "ratio": q and q[0],
         "ratio_min": q and q[1], "ratio_max": q and q[2],
-        "goal_ratio": round(goal, 3), "met": bool(q and q[0] >= goal - 1e-9),
+        "goal_ratio": None if goal is None else round(goal, 3), "met": met,
         "rounds": len(ratios), **({"rate_ops": rate} if rate else {}),
     })
     fmt = lambda s: "-" if s is None else f"{s[0]:,.1f} ({s[1]:,.1f}-{s[2]:,.1f})"
     ratio = "-" if q is None else f"{q[0]:.2f}x ({q[1]:.2f}-{q[2]:.2f})"
-    table.append((name, unit, fmt(m), peer, fmt(p), ratio,
-                  f">= {goal:.2f}x", "met" if rows[-1]["met"] else "MISSED"))
+    table.append((name, unit, ours, fmt(m), peer, fmt(p), ratio,
+                  "reference" if goal is None else f">= {goal:.2f}x",
+                  "" if met is None else ("met" if met else "MISSED")))
 
-headers = ("figure", "unit", "Meridian median (min-max)", "peer", "peer median (min-max)",
-           "ratio (>1 Meridian better)", "goal", "")
+headers = ("figure", "unit", "system", "median (min-max)", "peer", "peer median (min-max)",
+           "ratio (>1: system better)", "goal", "")
 widths = [max(len(str(r[i])) for r in table + [headers]) for i in range(len(headers))]
 line = lambda r: " | ".join(str(c).ljust(w) for c, w in zip(r, widths))
 print()
