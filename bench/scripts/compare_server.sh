@@ -217,10 +217,13 @@ def load(name):
     return json.load(open(path)) if os.path.exists(path) else None
 
 # (name, run of the measured side, run of the peer side, extract, unit,
-#  higher is better, goal ratio or None for a reference row); a run is
-# (figure prefix, system), its files RAW/prefix-system-pair.json.
+#  higher is better, goal ratio or None for a reference row[, the peer
+# side's extract when it differs]); a run is (figure prefix, system), its
+# files RAW/prefix-system-pair.json.
 THROUGHPUT = lambda r: r["throughput_ops"]
 CPU = lambda r: r["server_cpu_us_per_request"]
+SYSTEM_CPU = lambda r: (r["server_cpu_us_per_request"] * r["server_cpu_system_s"]
+                        / r["server_cpu_s"]) if r.get("server_cpu_s") else None
 FIGURES = [
     ("a: 50 conns, no pipelining, 90% reads", ("a", "meridian"), ("a", "redis"),
      THROUGHPUT, "ops/s", True, 1.0),
@@ -241,18 +244,23 @@ FIGURES = [
      ("c0", "meridian"), ("c", "redis"), THROUGHPUT, "ops/s", True, None),
     ("d floor: tokio PING-only server's CPU at the rate of e vs Redis",
      ("d0", "tokio"), ("e", "redis"), CPU, "cpu s/1M req", False, None),
+    # The kernel's CPU per PING against the whole (same run): a server with
+    # no user-space cost at all and tokio's kernel cost would gain this much.
+    ("f ceiling: tokio's kernel CPU alone vs its whole CPU per PING",
+     ("f", "tokio"), ("f", "tokio"), SYSTEM_CPU, "cpu s/1M req", False, None, CPU),
 ]
 
 def span(values):
     return (statistics.median(values), min(values), max(values)) if values else None
 
 rows, table = [], []
-for name, (prefix, ours), (peer_prefix, peer), extract, unit, higher, goal in FIGURES:
+for name, (prefix, ours), (peer_prefix, peer), extract, unit, higher, goal, *rest in FIGURES:
+    peer_extract = rest[0] if rest else extract
     mine, theirs, ratios = [], [], []
     for pair in range(1, pairs + 1):
         a, b = load(f"{prefix}-{ours}-{pair}"), load(f"{peer_prefix}-{peer}-{pair}")
         x = extract(a) if a else None
-        y = extract(b) if b else None
+        y = peer_extract(b) if b else None
         if x is not None: mine.append(x)
         if y is not None: theirs.append(y)
         if x and y:

@@ -141,6 +141,9 @@ pub struct Report {
     pub preload_ops: Option<f64>,
     /// Server CPU seconds (user + system) inside the window.
     pub server_cpu_s: Option<f64>,
+    /// The kernel's part of `server_cpu_s` (stime): system calls, the TCP
+    /// path, io_uring's completion work.
+    pub server_cpu_system_s: Option<f64>,
     /// Server CPU microseconds per counted request.
     pub server_cpu_us_per_request: Option<f64>,
 }
@@ -171,9 +174,9 @@ pub fn run(options: &Options) -> Result<Report, String> {
         );
         preload_ops = Some(ops);
     }
-    let (results, cpu_s) = run_phase(options, address, Phase::Measure)?;
+    let (results, server_cpu) = run_phase(options, address, Phase::Measure)?;
     let merged = merge(results)?;
-    Ok(report(options, merged, preload_ops, cpu_s))
+    Ok(report(options, merged, preload_ops, server_cpu))
 }
 
 fn check(options: &Options) -> Result<(), String> {
@@ -219,7 +222,7 @@ fn run_phase(
     options: &Options,
     address: SocketAddr,
     phase: Phase,
-) -> Result<(Vec<ThreadResult>, Option<f64>), String> {
+) -> Result<(Vec<ThreadResult>, Option<CpuTime>), String> {
     let threads = options.threads.min(options.connections);
     let barrier = Arc::new(Barrier::new(threads + 1));
     let mut handles = Vec::with_capacity(threads);
@@ -238,7 +241,7 @@ fn run_phase(
         handles.push(handle);
     }
     barrier.wait();
-    let mut cpu_s = None;
+    let mut server_cpu = None;
     if phase == Phase::Measure {
         if let Some(pid) = options.server_pid {
             let started = Instant::now();
@@ -247,14 +250,17 @@ fn run_phase(
             let window_start = Instant::now();
             std::thread::sleep((started + options.warmup + options.duration) - window_start);
             let after = cpu_seconds(pid)?;
-            cpu_s = Some(after - before);
+            server_cpu = Some(CpuTime {
+                user_s: after.user_s - before.user_s,
+                system_s: after.system_s - before.system_s,
+            });
         }
     }
     let mut results = Vec::with_capacity(threads);
     for handle in handles {
         results.push(handle.join().map_err(|_| "a loader thread panicked")?);
     }
-    Ok((results, cpu_s))
+    Ok((results, server_cpu))
 }
 
 fn plan_for(
@@ -301,8 +307,23 @@ fn plan_for(
     }
 }
 
-/// utime + stime of a process (all its threads), in seconds.
-pub fn cpu_seconds(pid: u32) -> Result<f64, String> {
+/// CPU time of a process (all its threads), in seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuTime {
+    /// utime: in user space.
+    pub user_s: f64,
+    /// stime: in the kernel on the process's behalf.
+    pub system_s: f64,
+}
+
+impl CpuTime {
+    pub fn total_s(&self) -> f64 {
+        self.user_s + self.system_s
+    }
+}
+
+/// utime and stime of a process (all its threads), in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<CpuTime, String> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
     // The command name (field 2) may hold spaces; fields after it are plain.
@@ -319,7 +340,10 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, String> {
             .map(|ticks| ticks as f64 / USER_HZ)
             .ok_or_else(|| format!("{path}: field {} unreadable", index + 3))
     };
-    Ok(tick(11)? + tick(12)?)
+    Ok(CpuTime {
+        user_s: tick(11)?,
+        system_s: tick(12)?,
+    })
 }
 
 fn merge(results: Vec<ThreadResult>) -> Result<ThreadResult, String> {
@@ -354,8 +378,9 @@ fn report(
     options: &Options,
     merged: ThreadResult,
     preload_ops: Option<f64>,
-    server_cpu_s: Option<f64>,
+    server_cpu: Option<CpuTime>,
 ) -> Report {
+    let server_cpu_s = server_cpu.map(|cpu| cpu.total_s());
     let us = |ns: u64| ns as f64 / 1000.0;
     let histogram = &merged.histogram;
     let workload = if options.ping {
@@ -398,6 +423,7 @@ fn report(
         },
         preload_ops,
         server_cpu_s,
+        server_cpu_system_s: server_cpu.map(|cpu| cpu.system_s),
         server_cpu_us_per_request: server_cpu_s
             .filter(|_| merged.completed > 0)
             .map(|s| s * 1e6 / merged.completed as f64),
@@ -441,6 +467,9 @@ impl Report {
                 "\nserver cpu {cpu:.2} s = {:.1} s per million requests",
                 per
             ));
+            if let Some(system) = self.server_cpu_system_s.filter(|_| cpu > 0.0) {
+                text.push_str(&format!(" ({:.0}% in the kernel)", system / cpu * 100.0));
+            }
         }
         if !self.failures.is_empty() {
             text.push_str(&format!(
