@@ -306,9 +306,13 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // MERIDIAN PATCH: the remote side's half of the sleep protocol (see
+        // the fence before the last sweep in `Reactor::wait`): what the
+        // caller queued is ordered before this read of `should_notify`.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
-            .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(true, false, Ordering::SeqCst, Ordering::Relaxed)
             .is_ok()
             || force
         {

@@ -37,7 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
+        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
@@ -2005,9 +2005,16 @@ impl Reactor {
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
             // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            // details.
+            // MERIDIAN PATCH: a full fence here and one in
+            // `SleepNotifier::notify`, before it reads `should_notify`
+            // (store-buffering: either the remote side sees our flag and
+            // writes the eventfd, or the sweep below sees its item). Upstream
+            // made this side a `membarrier(PRIVATE_EXPEDITED)` system call,
+            // which interrupts every other core running one of this process's
+            // threads (in a VM, an exit on each), on every sleep of every
+            // executor, so that the remote side could skip its fence.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
