@@ -25,33 +25,15 @@ use std::sync::{mpsc, Arc};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use glommio::{CpuSet, LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement};
+
+mod race_support;
+use race_support::{spin, two_cpus, xorshift};
 
 const ITERATIONS: u64 = 100_000;
 const TIME_LIMIT: Duration = Duration::from_secs(6);
 /// Spins of at most this many pause instructions on each side.
 const SPREAD: u64 = 32;
-
-fn spin(count: u64) {
-    for _ in 0..count {
-        std::hint::spin_loop();
-    }
-}
-
-fn xorshift(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
-/// Two distinct online CPUs, when there are two.
-fn two_cpus() -> Option<(usize, usize)> {
-    let mut cpus: Vec<usize> = CpuSet::online().ok()?.into_iter().map(|l| l.cpu).collect();
-    cpus.sort_unstable();
-    cpus.dedup();
-    (cpus.len() >= 2).then(|| (cpus[0], cpus[1]))
-}
 
 #[test]
 fn a_waker_dropped_on_another_executor_as_the_join_handle_drops_frees_the_task_once() {

@@ -24,7 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::{CpuSet, LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement};
+
+mod race_support;
+use race_support::{spin, two_cpus, xorshift};
 
 const ITERATIONS: u64 = 200_000;
 const TIME_LIMIT: Duration = Duration::from_secs(5);
@@ -32,21 +35,6 @@ const TIME_LIMIT: Duration = Duration::from_secs(5);
 const STALL_LIMIT: Duration = Duration::from_secs(5);
 /// Spins of at most this many pause instructions before each send.
 const SPREAD: u64 = 1024;
-
-fn xorshift(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
-/// Two distinct online CPUs, when there are two.
-fn two_cpus() -> Option<(usize, usize)> {
-    let mut cpus: Vec<usize> = CpuSet::online().ok()?.into_iter().map(|l| l.cpu).collect();
-    cpus.sort_unstable();
-    cpus.dedup();
-    (cpus.len() >= 2).then(|| (cpus[0], cpus[1]))
-}
 
 #[test]
 fn a_wake_up_sent_while_the_executor_goes_to_sleep_is_never_lost() {
@@ -88,9 +76,7 @@ fn a_wake_up_sent_while_the_executor_goes_to_sleep_is_never_lost() {
                 if started.elapsed() > TIME_LIMIT {
                     break;
                 }
-                for _ in 0..xorshift(&mut random) % SPREAD {
-                    std::hint::spin_loop();
-                }
+                spin(xorshift(&mut random) % SPREAD);
                 if to_a.send(iteration).is_err() {
                     return;
                 }
