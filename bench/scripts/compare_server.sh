@@ -11,10 +11,14 @@
 # Meridian: 1 shard, metrics off, 16 partitions, default durability
 # ("periodic", fdatasync every 100 ms) unless a figure says otherwise.
 # Redis: --save "" --appendonly no unless a figure says otherwise.
-# Pairs alternate which side runs first. Prints medians (min-max) and
-# writes target/bench-results/server.json: a list of
-# {"name","value","unit","peer","peer_value","ratio",...}, ratio > 1 meaning
-# Meridian is better (for lower-is-better figures, ratio = peer / Meridian).
+# Pairs alternate which side runs first. Besides the figures a-f,
+# each pair measures three reference rows (no goal): c's ceiling (Meridian
+# writes with no fsync), d's floor (a PING-only tokio server's CPU at e's
+# rate) and f's ceiling (tokio's kernel CPU per PING against its whole).
+# Prints medians (min-max) and writes target/bench-results/server.json: a
+# list of {"name","system","value","unit","peer","peer_value","ratio",...},
+# ratio > 1 meaning the measured system is better (for lower-is-better
+# figures, ratio = peer / system).
 #
 # Environment: QUICK=1, PAIRS, DURATION (s), WARMUP (s), KEYS, SERVER_CPU,
 # LOADER_CPU, SKIP_BUILD=1.
