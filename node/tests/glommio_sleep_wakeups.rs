@@ -20,8 +20,7 @@
 //! minute, and the test fails when A's progress stops for `STALL_LIMIT`.
 //! Bounded by `ITERATIONS` and `TIME_LIMIT`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
@@ -35,16 +34,17 @@ const TIME_LIMIT: Duration = Duration::from_secs(5);
 const STALL_LIMIT: Duration = Duration::from_secs(5);
 /// Spins of at most this many pause instructions before each send.
 const SPREAD: u64 = 1024;
+/// A reports its progress every this many round trips (a few ms).
+const REPORT_EVERY: u64 = 256;
 
 #[test]
 fn a_wake_up_sent_while_the_executor_goes_to_sleep_is_never_lost() {
     let cpus = two_cpus();
     let placement_a = cpus.map_or(Placement::Unbound, |(a, _)| Placement::Fixed(a));
-    // Round trips A has completed; u64::MAX once A has finished.
-    let progress = Arc::new(AtomicU64::new(0));
+    // Round trips A has completed, every REPORT_EVERY; closed when A ends.
+    let (progress, reports) = mpsc::channel::<u64>();
     let (to_a, from_b) = flume::bounded::<u64>(1);
     let (to_b, from_a) = flume::bounded::<u64>(1);
-    let a_progress = Arc::clone(&progress);
     let started = Instant::now();
     let a = LocalExecutorBuilder::new(placement_a)
         .name("sleep-wakeups-a")
@@ -55,12 +55,13 @@ fn a_wake_up_sent_while_the_executor_goes_to_sleep_is_never_lost() {
             while let Ok(iteration) = from_b.recv_async().await {
                 assert_eq!(iteration, done, "messages arrive in order");
                 done += 1;
-                a_progress.store(done, Ordering::Release);
+                if done % REPORT_EVERY == 0 {
+                    let _ = progress.send(done);
+                }
                 if to_b.send(iteration).is_err() {
                     break;
                 }
             }
-            a_progress.store(u64::MAX, Ordering::Release);
             done
         })
         .expect("start executor A");
@@ -88,25 +89,18 @@ fn a_wake_up_sent_while_the_executor_goes_to_sleep_is_never_lost() {
             }
         })
         .expect("start executor B");
-    // Watch A's progress: a stall means a lost wake-up. (On failure the
-    // stuck threads are left to the process's exit.)
+    // Watch A's progress: no report for STALL_LIMIT means a lost wake-up.
+    // (On failure the stuck threads are left to the process's exit.)
     let mut seen = 0;
-    let mut last_change = Instant::now();
     loop {
-        let now = progress.load(Ordering::Acquire);
-        if now == u64::MAX {
-            break;
+        match reports.recv_timeout(STALL_LIMIT) {
+            Ok(done) => seen = done,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                "executor A made no progress for {STALL_LIMIT:?} after {seen} round trips: \
+                 a wake-up was lost"
+            ),
         }
-        if now != seen {
-            seen = now;
-            last_change = Instant::now();
-        }
-        assert!(
-            last_change.elapsed() < STALL_LIMIT,
-            "executor A made no progress for {STALL_LIMIT:?} after {seen} round trips: \
-             a wake-up was lost"
-        );
-        std::thread::sleep(Duration::from_millis(10));
     }
     b.join().expect("thread B failed");
     let done = a.join().expect("executor A failed");
