@@ -1,10 +1,10 @@
 //! Goal: a report, not a check: the worst movement ratio with racks per
 //! (N, racks), growing 1..64 then shrinking in a scrambled order, and each
 //! size where movement passes 1.25 × the ideal (`size:ratio`, leaves as
-//! `-size:moved/owned`) or a window is short (`size:vNODESrRACKS`).
+//! `-size:moved/owned`) or a window is short after a join or a leave
+//! (`size:vNODESrRACKS`, `-size:vNODESrRACKS`).
 //! `cargo run --release -p meridian-ring --example claim_racks_report`
 #[path = "../tests/common.rs"]
-#[allow(dead_code)]
 mod common;
 use common::{member, owned, rack_violations, settle};
 use meridian_ring::{plan_join, plan_leave, window_violations, Ring};
@@ -55,6 +55,13 @@ fn main() {
                     ));
                 }
                 ring = settle(planned);
+                let (v, r) = (
+                    window_violations(ring.owners(), replicas),
+                    rack_violations(&ring),
+                );
+                if v + r > 0 && alive.len() > usize::from(replicas) {
+                    bad.push(format!("-{}:v{v}r{r}", alive.len()));
+                }
             }
             println!("N={replicas} racks={racks} join worst {:.2}@{} leave(>=2N) worst {:.2}@{} issues {:?}", worst.0, worst.1, lworst.0, lworst.1, bad);
         }

@@ -36,6 +36,15 @@
 //!    partition needs a gap of 2N in its positions, which greedy shedding
 //!    cannot open). It keeps the best ring seen; bounded by
 //!    `REFINE_PROPOSALS_PER_PARTITION`.
+//! 6. *Re-tile.* If conflicts remain, the ring is built from scratch by
+//!    [`crate::tiling`], which cannot leave a conflict when there are more
+//!    racks than N and none passes its cap, turned to agree most with the
+//!    current ring, and refined again to trim its moves; it is kept only if
+//!    it has no conflict left. This is what a leave that empties a rack
+//!    needs: every rack's share and the period of the ring change, and no
+//!    chain of local moves found the new layout (CI found such walks twice).
+//!    Such a leave can move half the ring (123 of 256 for a leaver owning
+//!    19, N=5, 7 racks to 6).
 //!
 //! "Conflict" is measured with windows `min(N, nodes)` for nodes and
 //! `min(N, racks)` for racks, so with fewer nodes (racks) than N the claim
@@ -52,7 +61,9 @@
 //! With N racks or fewer each rack holds exactly `partitions / racks`.
 //! Movement with racks is within 1.25 × the ideal when a cluster grows
 //! with nodes dealt over N+1 or N+2 racks, save three measured sizes; after
-//! random joins and leaves it is within 2 × (join) and 5 × (leave).
+//! random joins and leaves it is within 2 × (join) and 5 × (leave), except
+//! for a leave that empties a rack, which re-tiles (step 6) and may move
+//! most of the ring.
 //!
 //! Invariants:
 //! - the output has one eligible owner per partition;
@@ -67,6 +78,7 @@
 use std::collections::BTreeMap;
 
 use crate::ring::NodeId;
+use crate::tiling;
 
 /// A node that may own partitions after the claim.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +105,9 @@ pub fn claim(owners: &[NodeId], nodes: &[Claimant<'_>], replicas: u8) -> Vec<Nod
         layout.solve_exactly();
     }
     layout.refine();
+    if layout.violations() > 0 {
+        layout.retile();
+    }
     let claimed: Vec<NodeId> = layout
         .owners
         .iter()
@@ -593,6 +608,100 @@ impl Layout {
                 self.assign(p, y);
             }
         }
+    }
+}
+
+/// Rotations of a tiling tried against the current ring: all of them on a
+/// ring of up to this many partitions, this many spread evenly beyond.
+const RETILE_ROTATIONS_MAX: usize = 4096;
+
+impl Layout {
+    /// Step 6 of the module doc: a ring built from scratch by
+    /// [`tiling::tile`] over the racks' targets (a node without a rack is a
+    /// rack of its own), turned to agree most with the current ring, its
+    /// racks' partitions dealt to their nodes (the partition's owner kept
+    /// where it is a member with room), then refined to trim moves. Kept
+    /// only if it has no conflict at all: it may move most of the ring,
+    /// which is worth it to put every window on distinct racks, not to
+    /// trade some short windows for fewer (N racks cannot tile a ring whose
+    /// size N does not divide, whatever the claim).
+    fn retile(&mut self) {
+        let count = self.len();
+        let window = if self.rack_window > 0 {
+            self.rack_window
+        } else {
+            self.node_window
+        };
+        if window <= 1 {
+            return;
+        }
+        let nodes: Vec<u16> = (0..self.ids.len() as u16)
+            .filter(|&y| self.eligible[y as usize])
+            .collect();
+        let mut racks: Vec<u32> = nodes.iter().map(|&y| self.rack[y as usize]).collect();
+        racks.sort_unstable();
+        racks.dedup();
+        let rack_index = |y: u16| racks.binary_search(&self.rack[y as usize]).ok();
+        let mut rack_counts = vec![0u32; racks.len()];
+        for &y in &nodes {
+            rack_counts[rack_index(y).expect("an eligible node's rack")] += self.target[y as usize];
+        }
+        let sequence = tiling::tile(&rack_counts, window);
+        // The rotation whose racks agree with the most current owners.
+        let current: Vec<Option<usize>> = self
+            .original
+            .iter()
+            .map(|&o| self.eligible[o as usize].then(|| rack_index(o)).flatten())
+            .collect();
+        let step = count.div_ceil(RETILE_ROTATIONS_MAX).max(1);
+        let rotation = (0..count)
+            .step_by(step)
+            .max_by_key(|&k| {
+                let agree = (0..count)
+                    .filter(|&p| current[p] == Some(sequence[(p + k) % count]))
+                    .count();
+                (agree, std::cmp::Reverse(k))
+            })
+            .unwrap_or(0);
+        let mut room: Vec<u32> = self.target.clone();
+        let mut owners = vec![u16::MAX; count];
+        for p in 0..count {
+            let rack = sequence[(p + rotation) % count];
+            let clashes = |y: u16| {
+                (1..self.node_window)
+                    .any(|d| owners[(p + count - d) % count] == y || owners[(p + d) % count] == y)
+            };
+            let pick = nodes
+                .iter()
+                .copied()
+                .filter(|&y| rack_index(y) == Some(rack) && room[y as usize] > 0)
+                .max_by_key(|&y| {
+                    (
+                        !clashes(y),
+                        y == self.original[p],
+                        room[y as usize],
+                        std::cmp::Reverse(y),
+                    )
+                })
+                .expect("a rack's targets sum to its entries in the tiling");
+            room[pick as usize] -= 1;
+            owners[p] = pick;
+        }
+        let incremental = self.owners.clone();
+        for (p, &y) in owners.iter().enumerate() {
+            if self.owners[p] != y {
+                self.assign(p, y);
+            }
+        }
+        if self.violations() > 0 {
+            for (p, &y) in incremental.iter().enumerate() {
+                if self.owners[p] != y {
+                    self.assign(p, y);
+                }
+            }
+            return;
+        }
+        self.refine();
     }
 }
 

@@ -30,6 +30,7 @@ pub mod format;
 pub mod plan;
 mod preference;
 mod ring;
+mod tiling;
 
 pub use claim::{window_violations, Claimant};
 pub use error::{Error, Result};

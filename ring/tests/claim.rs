@@ -86,7 +86,7 @@ fn fewer_nodes_than_n_are_spread_as_far_as_possible() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(common::walk_config(64))]
 
     /// Random walks of joins and leaves: distinct windows after every step;
     /// a leave that leaves at least 2N nodes moves at most

@@ -58,3 +58,29 @@ pub fn rack_violations(ring: &Ring) -> usize {
 pub fn movement_bound(ideal: f64) -> usize {
     (1.25 * ideal).ceil() as usize
 }
+
+/// The proptest settings of the claim's random walks.
+///
+/// The walks check measured bounds (how much a join or a leave moves), not
+/// proven ones, so a run of the test suite replays the same walks every time
+/// (a fixed seed; `default_walks` of them) and never fails on a walk no one
+/// has seen. To search for new failures, set `CLAIM_WALKS` to a number of
+/// walks: they then start from a random seed, and a failure is saved to the
+/// test's `.proptest-regressions` file, which every later run replays first.
+pub fn walk_config(default_walks: u32) -> proptest::test_runner::Config {
+    use proptest::test_runner::{Config, RngSeed};
+    let soak: Option<u32> = std::env::var("CLAIM_WALKS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    Config {
+        cases: soak.unwrap_or(default_walks),
+        rng_seed: match soak {
+            Some(_) => RngSeed::Random,
+            None => RngSeed::Fixed(WALK_SEED),
+        },
+        ..Config::default()
+    }
+}
+
+/// The seed of the walks a test run replays.
+const WALK_SEED: u64 = 0x6d65_7269_6469_616e;

@@ -1,0 +1,135 @@
+//! A tiling: a circular sequence in which every window of `w` consecutive
+//! entries holds `w` distinct groups, built from scratch for given counts.
+//!
+//! The claim is incremental and searches for its rings; when its search
+//! leaves conflicts (a leave that empties a rack changes every rack's share
+//! and the period of the whole ring, and local moves cannot open the gaps
+//! that needs), it falls back to this construction, which cannot fail where
+//! its conditions hold, and then trims the moves it caused.
+//!
+//! The construction: with `R = floor(P / w)` rows, the first `P - R w` rows
+//! `w + 1` long and the others `w` long, the groups are written column by
+//! column (column 0 of every row, top to bottom, then column 1, ...),
+//! largest group first, and the ring is read row by row.
+//!
+//! Why it holds, when there are more than `w` groups (or exactly `w`, each
+//! `P / w`) and no group has more than `R` entries (and `R >= w`):
+//! - two entries of a group in one column, on consecutive rows, are a row's
+//!   length apart: at least `w`;
+//! - groups of exactly `R` come first and fill whole columns, so every
+//!   group that starts inside a column has at most `R - 1` entries: its
+//!   run from row `a` of column `c` to row `b` of column `c + 1` ends at
+//!   `b <= a - 2`, at least `2w - 1` positions before it starts;
+//! - the last column only has cells on the long rows, which come first, so
+//!   a run that ends there is at least a long row (`w + 1`) minus one apart;
+//! - around the wrap, the last row's entry of a column comes a whole row
+//!   before the first row's entry of the same or the next column.
+//!
+//! Invariants: the output has `sum(counts)` entries and group `g` appears
+//! exactly `counts[g]` times, whatever the inputs; windows are distinct
+//! under the conditions above (checked by the caller, which keeps the better
+//! ring either way).
+
+/// The groups of a circular sequence of `counts.iter().sum()` entries in
+/// which group `g` appears `counts[g]` times and, under the module's
+/// conditions, every `window` consecutive entries are distinct.
+pub(crate) fn tile(counts: &[u32], window: usize) -> Vec<usize> {
+    let total: usize = counts.iter().map(|&c| c as usize).sum();
+    assert!(window >= 1, "a tiling needs a window of at least one");
+    let rows = (total / window).max(1);
+    let long_rows = total - rows * window.min(total);
+    let row_len = |row: usize| window.min(total) + usize::from(row < long_rows);
+    let mut row_start = vec![0usize; rows];
+    for row in 1..rows {
+        row_start[row] = row_start[row - 1] + row_len(row - 1);
+    }
+    // Cells in column-major order: column c exists on the rows long enough.
+    let cells = (0..=window).flat_map(|column| {
+        let row_start = &row_start;
+        (0..rows)
+            .filter(move |&row| column < row_len(row))
+            .map(move |row| row_start[row] + column)
+    });
+    let mut order: Vec<usize> = (0..counts.len()).collect();
+    order.sort_by_key(|&g| (std::cmp::Reverse(counts[g]), g));
+    let entries = order
+        .iter()
+        .flat_map(|&g| std::iter::repeat_n(g, counts[g] as usize));
+    let mut sequence = vec![usize::MAX; total];
+    for (cell, group) in cells.zip(entries) {
+        sequence[cell] = group;
+    }
+    assert!(
+        sequence.iter().all(|&g| g != usize::MAX),
+        "every position of the tiling is filled"
+    );
+    sequence
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claim::count_short_windows;
+
+    /// Deterministic pseudo-random counts summing to `total`, each at most
+    /// `total / window`.
+    fn counts(total: u32, groups: usize, window: usize, seed: &mut u64) -> Option<Vec<u32>> {
+        let cap = total / window as u32;
+        for _ in 0..100 {
+            let mut counts = vec![0u32; groups];
+            for _ in 0..total {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                let g = (*seed % groups as u64) as usize;
+                counts[g] += 1;
+            }
+            if counts.iter().all(|&c| c <= cap) {
+                return Some(counts);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn every_window_is_distinct_when_no_group_passes_its_cap() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut checked = 0;
+        for total in [16u32, 64, 256, 1024] {
+            for window in 1..=5usize {
+                for extra in 1..=6usize {
+                    let Some(counts) = counts(total, window + extra, window, &mut seed) else {
+                        continue;
+                    };
+                    let sequence = tile(&counts, window);
+                    for (g, &count) in counts.iter().enumerate() {
+                        let seen = sequence.iter().filter(|&&s| s == g).count();
+                        assert_eq!(seen, count as usize, "{counts:?}: group {g}");
+                    }
+                    let short = count_short_windows(&sequence, window, window);
+                    assert_eq!(short, 0, "total {total} window {window} {counts:?}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 100, "only {checked} cases had counts within caps");
+    }
+
+    #[test]
+    fn exactly_window_groups_of_equal_share_tile_the_ring() {
+        for window in 1..=4usize {
+            let counts = vec![(256 / window) as u32; window];
+            let sequence = tile(&counts, window);
+            assert_eq!(count_short_windows(&sequence, window, window), 0);
+        }
+    }
+
+    #[test]
+    fn the_largest_groups_fill_whole_columns() {
+        // 3 groups at the cap of 256 / 5 = 51, the rest smaller.
+        let counts = [51, 51, 51, 35, 34, 34];
+        let sequence = tile(&counts, 5);
+        assert_eq!(count_short_windows(&sequence, 5, 5), 0);
+        assert_eq!(&sequence[..6], &[0, 1, 2, 3, 4, 5]);
+    }
+}
