@@ -29,6 +29,7 @@
 //! 0x28 MEMBERSHIP       command u8 (1 join_via, 2 admit, 3 leave,
 //!                       4 handoff_ready) | flags u8 (bit0 forwarded)
 //!                       | node_id u16 | plan u64 | address_len u8 | address
+//!                       | rack_len u8 | rack (0: no rack)
 //!                       | count | count × partition u32
 //!
 //! 0xA0 REPLICA_ENTRY    present u8 (0 none, 1 some) | [record]
@@ -142,6 +143,9 @@ pub const DIGESTS_COUNT_MAX: u32 = 1 << 16;
 pub const MEMBERSHIP_PARTITIONS_MAX: u32 = 65_536;
 /// Longest address in a MEMBERSHIP request, in bytes.
 pub const MEMBERSHIP_ADDRESS_BYTES_MAX: usize = 255;
+/// Longest rack of a MEMBERSHIP request (its length is one byte; the ring
+/// document holds racks of the same bound).
+pub const MEMBERSHIP_RACK_BYTES_MAX: usize = 255;
 
 /// REPLICA_WRITTEN status: the record was written.
 pub const WRITE_STATUS_WRITTEN: u8 = 0;
@@ -302,6 +306,9 @@ pub struct Membership {
     pub plan: u64,
     /// A peer address (`host:port`), at most 255 bytes.
     pub address: Bytes,
+    /// The rack of the node an ADMIT asks to join (`node.rack`), at most
+    /// 255 bytes; empty when it has none, and for the other commands.
+    pub rack: Bytes,
     /// The partitions a handoff report names.
     pub partitions: Vec<u32>,
 }
@@ -678,11 +685,20 @@ fn check_membership_partitions(count: u64, _: &Limits) -> Result<(), Breach> {
 }
 
 fn check_membership_address(len: u64) -> Result<(), Breach> {
-    if len > MEMBERSHIP_ADDRESS_BYTES_MAX as u64 {
+    check_membership_text("membership address", len, MEMBERSHIP_ADDRESS_BYTES_MAX)
+}
+
+fn check_membership_rack(len: u64) -> Result<(), Breach> {
+    check_membership_text("membership rack", len, MEMBERSHIP_RACK_BYTES_MAX)
+}
+
+/// A text field of a MEMBERSHIP request (its length is one byte on the wire).
+fn check_membership_text(field: &'static str, len: u64, max: usize) -> Result<(), Breach> {
+    if len > max as u64 {
         return Err(Breach::Field {
-            field: "membership address",
+            field,
             len,
-            max: MEMBERSHIP_ADDRESS_BYTES_MAX as u32,
+            max: max as u32,
         });
     }
     Ok(())
@@ -799,6 +815,8 @@ impl Reader<'_> {
         // A u8 length cannot pass the 255-byte limit.
         let address_len = u64::from(self.u8("address length")?);
         let address = self.take("address", address_len)?;
+        let rack_len = u64::from(self.u8("rack length")?);
+        let rack = self.take("rack", rack_len)?;
         let (count, capacity) =
             self.checked_count("partition count", 4, check_membership_partitions)?;
         let mut partitions = Vec::with_capacity(capacity);
@@ -811,6 +829,7 @@ impl Reader<'_> {
             node_id,
             plan,
             address,
+            rack,
             partitions,
         })
     }
@@ -907,6 +926,8 @@ impl Encode for PeerRequest {
             PeerRequest::Membership(membership) => {
                 check_membership_address(membership.address.len() as u64)
                     .map_err(Breach::encode_error)?;
+                check_membership_rack(membership.rack.len() as u64)
+                    .map_err(Breach::encode_error)?;
                 check_membership_partitions(membership.partitions.len() as u64, limits)
                     .map_err(Breach::encode_error)?;
                 1 + 1
@@ -914,6 +935,8 @@ impl Encode for PeerRequest {
                     + 8
                     + 1
                     + membership.address.len() as u64
+                    + 1
+                    + membership.rack.len() as u64
                     + COUNT_LEN
                     + 4 * membership.partitions.len() as u64
             }
@@ -970,6 +993,9 @@ impl Encode for PeerRequest {
                 // body_len proved the address fits 255 bytes.
                 buf.put_u8(membership.address.len() as u8);
                 buf.put_slice(&membership.address);
+                // body_len proved the rack fits 255 bytes.
+                buf.put_u8(membership.rack.len() as u8);
+                buf.put_slice(&membership.rack);
                 put_count(buf, membership.partitions.len());
                 membership
                     .partitions
@@ -1173,6 +1199,7 @@ mod tests {
             node_id: 0x0102,
             plan: 0x0A0B_0C0D_0E0F_1011,
             address: Bytes::from_static(b"h:1"),
+            rack: Bytes::from_static(b"r2"),
             partitions: vec![7, 0x0102_0304],
         });
         let wire = wire_request(&request, &limits);
@@ -1181,6 +1208,7 @@ mod tests {
             &[0x02, 0x01],
             &[0x11, 0x10, 0x0F, 0x0E, 0x0D, 0x0C, 0x0B, 0x0A],
             &[3, b'h', b':', b'1'],
+            &[2, b'r', b'2'],
             &[2, 0, 0, 0],
             &[7, 0, 0, 0, 0x04, 0x03, 0x02, 0x01],
         ]
@@ -1191,7 +1219,7 @@ mod tests {
             request
         );
         // A partition count past the limit is refused before any allocation.
-        let mut body = expected[..16].to_vec();
+        let mut body = expected[..19].to_vec();
         body.extend_from_slice(&(MEMBERSHIP_PARTITIONS_MAX + 1).to_le_bytes());
         assert!(matches!(
             PeerRequest::decode(&frame(MEMBERSHIP, &body), &limits),
@@ -1213,9 +1241,20 @@ mod tests {
             node_id: 1,
             plan: 0,
             address: Bytes::from(vec![b'a'; 256]),
+            rack: Bytes::new(),
             partitions: Vec::new(),
         });
         assert!(long.encode(1, &limits, &mut BytesMut::new()).is_err());
+        let long_rack = PeerRequest::Membership(Membership {
+            command: MembershipCommand::Admit,
+            forwarded: false,
+            node_id: 1,
+            plan: 0,
+            address: Bytes::from_static(b"h:1"),
+            rack: Bytes::from(vec![b'r'; 256]),
+            partitions: Vec::new(),
+        });
+        assert!(long_rack.encode(1, &limits, &mut BytesMut::new()).is_err());
     }
 
     #[test]

@@ -87,8 +87,9 @@ impl Default for XdcSection {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
-    /// Every member of the ring as "ID@HOST:PORT", this node included (its
-    /// id is `node.node_id`). Empty: a cluster of one.
+    /// Every member of the ring as "ID@HOST:PORT", or "ID@HOST:PORT/RACK"
+    /// when racks are used, this node included (its id is `node.node_id`).
+    /// Empty: a cluster of one.
     pub members: Vec<String>,
     /// N: copies of each key.
     pub replicas: u8,
@@ -144,6 +145,34 @@ impl Default for ClusterSection {
 pub struct MemberAddress {
     pub id: u16,
     pub address: String,
+    /// The rack after a `/`, if any.
+    pub rack: Option<String>,
+}
+
+/// Longest rack name: the ring document stores it behind a one-byte length.
+pub const RACK_BYTES_MAX: usize = 255;
+
+/// A rack name is 1 to [`RACK_BYTES_MAX`] bytes of printable characters
+/// without spaces (it is shown in `cluster status`).
+fn check_rack(field: &str, rack: &str) -> Result<(), ConfigError> {
+    if rack.is_empty() || rack.len() > RACK_BYTES_MAX {
+        return Err(invalid(
+            field,
+            format!(
+                "a rack name is 1 to {RACK_BYTES_MAX} bytes, not {}",
+                rack.len()
+            ),
+        ));
+    }
+    if let Some(bad) = rack.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            field,
+            format!(
+                "the rack name {rack:?} holds {bad:?}: use printable characters without spaces"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl ClusterSection {
@@ -151,8 +180,20 @@ impl ClusterSection {
     pub fn parsed_members(&self) -> Result<Vec<MemberAddress>, ConfigError> {
         let mut members = Vec::with_capacity(self.members.len());
         for text in &self.members {
-            let bad = || invalid("cluster.members", format!("{text:?} is not ID@HOST:PORT"));
-            let (id, address) = text.split_once('@').ok_or_else(bad)?;
+            let bad = || {
+                invalid(
+                    "cluster.members",
+                    format!("{text:?} is not ID@HOST:PORT or ID@HOST:PORT/RACK"),
+                )
+            };
+            let (id, rest) = text.split_once('@').ok_or_else(bad)?;
+            let (address, rack) = match rest.split_once('/') {
+                Some((address, rack)) => {
+                    check_rack("cluster.members", rack)?;
+                    (address, Some(rack.to_string()))
+                }
+                None => (rest, None),
+            };
             let id: u16 = id.parse().map_err(|_| bad())?;
             if address.parse::<SocketAddr>().is_err() {
                 return Err(bad());
@@ -166,6 +207,7 @@ impl ClusterSection {
             members.push(MemberAddress {
                 id,
                 address: address.to_string(),
+                rack,
             });
         }
         members.sort_by_key(|m| m.id);
@@ -193,6 +235,12 @@ pub struct NodeSection {
     pub node_id: u16,
     /// A secret clients must present in HELLO; empty = no authentication.
     pub secret: String,
+    /// The rack (or zone, or power domain) this node sits in. With racks,
+    /// the claim puts the N replicas of a key on N distinct racks where
+    /// the racks allow. A founding member's rack is also given in
+    /// `cluster.members` (`ID@HOST:PORT/RACK`); a node moves to another
+    /// rack by leaving the ring and joining again.
+    pub rack: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -259,6 +307,7 @@ impl Default for NodeSection {
             datacenter_id: 1,
             node_id: 1,
             secret: String::new(),
+            rack: None,
         }
     }
 }
@@ -317,6 +366,18 @@ fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
+    /// This node's rack: `node.rack`, else its own entry's in
+    /// `cluster.members` (validation made the two agree when both are set).
+    pub fn own_rack(&self) -> Option<String> {
+        self.node.rack.clone().or_else(|| {
+            let members = self.cluster.parsed_members().ok()?;
+            members
+                .into_iter()
+                .find(|m| m.id == self.node.node_id)
+                .and_then(|m| m.rack)
+        })
+    }
+
     /// Parses TOML text; unknown fields are refused by name.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| invalid("(file)", e.to_string()))?;
@@ -423,6 +484,22 @@ impl Config {
                     self.node.node_id
                 ),
             ));
+        }
+        if let Some(rack) = &self.node.rack {
+            check_rack("node.rack", rack)?;
+            let listed = members.iter().find(|m| m.id == self.node.node_id);
+            if let Some(member) = listed.filter(|m| m.rack.as_ref() != Some(rack)) {
+                return Err(invalid(
+                    "cluster.members",
+                    format!(
+                        "lists this node (node {}) in rack {:?}, node.rack says {rack:?}: every founding node builds the first ring from cluster.members, so give this node's entry as {}@{}/{rack}",
+                        member.id,
+                        member.rack.as_deref().unwrap_or("(none)"),
+                        member.id,
+                        member.address
+                    ),
+                ));
+            }
         }
         let cluster = &self.cluster;
         for seed in &cluster.seeds {
@@ -552,6 +629,57 @@ mod tests {
         .expect_err("refused")
         .to_string();
         assert!(error.contains("node.listen"), "{error}");
+    }
+
+    #[test]
+    fn racks_come_from_the_members_list_or_node_rack_and_must_agree() {
+        let members = "[cluster]\nmembers = [\"1@127.0.0.1:7411/r1\", \"2@127.0.0.1:7421\"]\n";
+        let config = Config::from_toml(members).expect("a rack for member 1 only");
+        let parsed = config.cluster.parsed_members().expect("members");
+        assert_eq!(parsed[0].rack.as_deref(), Some("r1"));
+        assert_eq!(parsed[1].rack, None);
+        assert_eq!(parsed[1].address, "127.0.0.1:7421");
+        assert_eq!(config.own_rack().as_deref(), Some("r1"));
+        let both = format!("[node]\nrack = \"r1\"\n{members}");
+        assert_eq!(
+            Config::from_toml(&both)
+                .expect("agreeing racks")
+                .own_rack()
+                .as_deref(),
+            Some("r1")
+        );
+        let seeded = "[node]\nrack = \"r9\"\n[cluster]\nseeds = [\"127.0.0.1:7411\"]\n";
+        assert_eq!(
+            Config::from_toml(seeded)
+                .expect("a joiner's rack")
+                .own_rack()
+                .as_deref(),
+            Some("r9")
+        );
+        let error = Config::from_toml(&format!("[node]\nrack = \"r2\"\n{members}"))
+            .expect_err("disagreeing racks")
+            .to_string();
+        assert!(
+            error.contains("cluster.members") && error.contains("\"r1\"") && error.contains("r2"),
+            "{error}"
+        );
+        for (text, field) in [
+            ("[node]\nrack = \"\"\n", "node.rack"),
+            ("[node]\nrack = \"two words\"\n", "node.rack"),
+            (
+                "[cluster]\nmembers = [\"1@127.0.0.1:7411/\", \"2@127.0.0.1:7421\"]\n",
+                "cluster.members",
+            ),
+        ] {
+            let error = Config::from_toml(text).expect_err(text).to_string();
+            assert!(error.contains(field), "{text}: {error}");
+        }
+        let long = format!("[node]\nrack = \"{}\"\n", "r".repeat(RACK_BYTES_MAX + 1));
+        let error = Config::from_toml(&long).expect_err("too long").to_string();
+        assert!(
+            error.contains("node.rack") && error.contains("256"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -97,6 +97,7 @@ pub fn cluster_info_here(shard: &Shard) -> String {
             })
         })
         .collect();
+    let (racks, sharing) = ring.rack_spread();
     let handoff = view.target.as_ref().map(|_| {
         let (ready, needed) = crate::cluster::membership::handoff_progress(cluster, &view);
         let transfers: Vec<serde_json::Value> = ring
@@ -124,6 +125,8 @@ pub fn cluster_info_here(shard: &Shard) -> String {
         "claimant": cluster.claimant(),
         "members": members,
         "owners": ring.owners(),
+        "racks": racks,
+        "partitions_with_replicas_sharing_a_rack": sharing,
         "pending_handoffs": ring.transfers().len(),
         "handoff": handoff,
     })

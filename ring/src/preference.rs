@@ -74,6 +74,38 @@ impl Ring {
         primaries
     }
 
+    /// The racks the members of the ring sit in (a member without a rack is
+    /// a rack of its own), and the partitions whose primaries sit on fewer
+    /// distinct racks than `min(N, racks)`: the partitions a rack's outage
+    /// would cost more than one replica. `(0, 0)` when no member has a rack.
+    pub fn rack_spread(&self) -> (usize, u32) {
+        if self.members().iter().all(|m| m.rack.is_none()) {
+            return (0, 0);
+        }
+        let rack_of = |id: NodeId| {
+            let member = self.member(id).expect("an owner is a member");
+            match &member.rack {
+                Some(rack) => (Some(rack.as_str()), 0),
+                None => (None, member.id),
+            }
+        };
+        let mut racks: Vec<(Option<&str>, NodeId)> =
+            self.owners().iter().map(|&id| rack_of(id)).collect();
+        racks.sort_unstable();
+        racks.dedup();
+        let wanted = usize::from(self.replicas).min(racks.len());
+        let shared = (0..self.partitions())
+            .filter(|&p| {
+                let mut on: Vec<(Option<&str>, NodeId)> =
+                    self.primaries(p).into_iter().map(rack_of).collect();
+                on.sort_unstable();
+                on.dedup();
+                on.len() < wanted
+            })
+            .count() as u32;
+        (racks.len(), shared)
+    }
+
     /// The preference list of `partition`, with liveness taken from member
     /// status ([`crate::Status::is_live`]).
     pub fn preference_list(&self, partition: u32) -> PreferenceList {

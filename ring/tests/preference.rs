@@ -97,3 +97,33 @@ fn a_caller_supplied_liveness_overrides_member_status() {
     assert!(!list.nodes().any(|n| n == primaries[0]));
     assert_eq!(list.replicas.len(), 3);
 }
+
+/// `rack_spread` counts the racks of the owners and the partitions whose
+/// primaries sit on fewer than min(N, racks) racks, checked against a count
+/// made here from the primaries and the members' racks.
+#[test]
+fn rack_spread_counts_partitions_whose_replicas_share_a_rack() {
+    assert_eq!(grown(64, 3, 5, 0).rack_spread(), (0, 0), "no racks");
+    assert_eq!(grown(64, 3, 8, 4).rack_spread(), (4, 0), "4 racks of 2");
+    // Four nodes in rack a and one in rack b (N=3): rack b would need every
+    // other partition, more than one node can hold and stay 3 apart, so
+    // some partitions' replicas sit on rack a alone.
+    let mut ring =
+        meridian_ring::Ring::new("test", 64, 3, common::member(0, 0).in_rack("a")).expect("ring");
+    for (id, rack) in [(1, "a"), (2, "a"), (3, "a"), (4, "b")] {
+        let joining = common::member(id, 0).in_rack(rack);
+        ring = common::settle(meridian_ring::plan_join(&ring, joining).expect("join"));
+    }
+    let sharing = (0..ring.partitions())
+        .filter(|&p| {
+            let racks: std::collections::BTreeSet<_> = ring
+                .primaries(p)
+                .into_iter()
+                .map(|id| ring.member(id).and_then(|m| m.rack.clone()))
+                .collect();
+            racks.len() < 2
+        })
+        .count() as u32;
+    assert!(sharing > 0, "rack b is in every partition's replicas");
+    assert_eq!(ring.rack_spread(), (2, sharing));
+}

@@ -38,6 +38,17 @@ impl TestCluster {
     /// defaults under it are 8 partitions, one shard and 200 ms between
     /// anti-entropy rounds.
     pub fn start(members: usize, configure: impl Fn(ServerConfig) -> ServerConfig) -> TestCluster {
+        TestCluster::start_in_racks(&vec![None; members], configure)
+    }
+
+    /// As [`TestCluster::start`], one member per entry of `racks`, each
+    /// listed in `cluster.members` in its rack (`ID@HOST:PORT/RACK`) when it
+    /// has one.
+    pub fn start_in_racks(
+        racks: &[Option<&str>],
+        configure: impl Fn(ServerConfig) -> ServerConfig,
+    ) -> TestCluster {
+        let members = racks.len();
         assert!(
             (2..=16).contains(&members),
             "a test cluster has 2 to 16 members"
@@ -53,7 +64,10 @@ impl TestCluster {
         let member_list = addresses
             .iter()
             .enumerate()
-            .map(|(index, address)| format!("\"{}@{address}\"", index + 1))
+            .map(|(index, address)| match racks[index] {
+                Some(rack) => format!("\"{}@{address}/{rack}\"", index + 1),
+                None => format!("\"{}@{address}\"", index + 1),
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let nodes = addresses

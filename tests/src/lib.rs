@@ -449,6 +449,32 @@ impl ServerProcess {
         })
     }
 
+    /// This server's configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Runs the stopped server once with `config` instead of its own, on its
+    /// data directory, to its exit (under [`COMMAND_DEADLINE`]): for a start
+    /// the server must refuse. Its own configuration stays for restarts.
+    pub fn run_once_with(&self, config: &ServerConfig) -> Output {
+        assert!(self.child.is_none(), "run_once_with: the server is running");
+        let config_path = self.root.path().join("meridian-once.toml");
+        fs::write(&config_path, config.to_toml()).expect("write the config file");
+        let mut command = Command::new(meridian_binary());
+        command
+            .arg("server")
+            .arg("--listen")
+            .arg(&config.listen)
+            .arg("--metrics-listen")
+            .arg(&config.metrics_listen)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--config")
+            .arg(&config_path);
+        run_with_deadline(command, COMMAND_DEADLINE)
+    }
+
     /// Runs `meridian cli --addr ADDR ARGS…` and returns its output.
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut command = Command::new(meridian_binary());

@@ -37,6 +37,15 @@ const CASES: &[(&str, &str)] = &[
     ),
     ("[runtime]\nshards = -1\n", "shards"),
     ("[storage\npartitions = 8\n", "meridian.toml"),
+    ("[node]\nrack = \"rack one\"\n", "node.rack"),
+    (
+        "[cluster]\nmembers = [\"1@127.0.0.1:7411/\", \"2@127.0.0.1:7421\"]\n",
+        "cluster.members",
+    ),
+    (
+        "[node]\nrack = \"a\"\n[cluster]\nmembers = [\"1@127.0.0.1:7411/b\", \"2@127.0.0.1:7421/a\"]\n",
+        "cluster.members",
+    ),
 ];
 
 #[test]

@@ -146,25 +146,39 @@ pub fn status_table(info: &Value) -> String {
         info["write_quorum"]
     ));
     out.push_str(&format!(
-        "{:<6} {:<22} {:<6} {:<8} {:>6} {:>14} {:>11}\n",
-        "node", "address", "status", "ring", "owned", "after handoff", "replicated"
+        "{:<6} {:<22} {:<12} {:<6} {:<8} {:>6} {:>14} {:>11}\n",
+        "node", "address", "rack", "status", "ring", "owned", "after handoff", "replicated"
     ));
     // Value's Display ignores widths: every cell becomes a String first.
     let cell = |value: &Value| match value {
         Value::String(text) => text.clone(),
+        Value::Null => "-".to_string(),
         other => other.to_string(),
     };
     for member in info["members"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "{:<6} {:<22} {:<6} {:<8} {:>6} {:>14} {:>11}\n",
+            "{:<6} {:<22} {:<12} {:<6} {:<8} {:>6} {:>14} {:>11}\n",
             cell(&member["node_id"]),
             cell(&member["address"]),
+            cell(&member["rack"]),
             cell(&member["status"]),
             cell(&member["ring_status"]),
             cell(&member["partitions_owned"]),
             cell(&member["partitions_owned_after_handoff"]),
             cell(&member["partitions_replicated"])
         ));
+    }
+    match (
+        info["racks"].as_u64(),
+        info["partitions_with_replicas_sharing_a_rack"].as_u64(),
+    ) {
+        (Some(racks), Some(0)) if racks > 0 => out.push_str(&format!(
+            "racks {racks}: every partition's replicas on distinct racks\n"
+        )),
+        (Some(racks), Some(sharing)) if racks > 0 => out.push_str(&format!(
+            "racks {racks}: {sharing} partitions have two replicas or more in one rack\n"
+        )),
+        _ => {}
     }
     let handoff = &info["handoff"];
     if handoff.is_null() {
@@ -275,6 +289,7 @@ impl PeerLink {
             node_id,
             plan: 0,
             address: Bytes::copy_from_slice(address.as_bytes()),
+            rack: Bytes::new(),
             partitions: Vec::new(),
         });
         let mut frame = BytesMut::new();

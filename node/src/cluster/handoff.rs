@@ -132,6 +132,7 @@ async fn report(shard: &Rc<Shard>, plan: u64, pulled: &BTreeSet<u32>) {
         node_id: cluster.self_id,
         plan,
         address: Bytes::new(),
+        rack: Bytes::new(),
         partitions: pulled.iter().copied().collect(),
     };
     let outcome = if claimant == cluster.self_id {

@@ -35,7 +35,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use meridian_net::peer::{Membership, MembershipCommand, PeerRequest, PeerResponse};
 use meridian_net::ErrorCode;
-use meridian_ring::{Member, Ring, Status};
+use meridian_ring::{Ring, Status};
 
 use super::{Cluster, RingView};
 use crate::shard::{PeerFailure, Shard, ShardCall};
@@ -155,6 +155,9 @@ fn commit(shard: &Shard, request: &Membership) -> Result<(), PeerFailure> {
         MembershipCommand::Admit => {
             let address = std::str::from_utf8(&request.address)
                 .map_err(|_| refuse(ErrorCode::MalformedBody, "the address is not UTF-8"))?;
+            let rack = std::str::from_utf8(&request.rack)
+                .map_err(|_| refuse(ErrorCode::MalformedBody, "the rack is not UTF-8"))?;
+            let rack = (!rack.is_empty()).then(|| rack.to_string());
             if address.parse::<std::net::SocketAddr>().is_err() {
                 return Err(refuse(
                     ErrorCode::MalformedBody,
@@ -163,19 +166,28 @@ fn commit(shard: &Shard, request: &Membership) -> Result<(), PeerFailure> {
             }
             match view.ring.member(node) {
                 Some(member) if member.status != Status::Removed => {
-                    if member.address != address {
+                    let differs = if member.address != address {
+                        Some(format!("at {}, not {address}", member.address))
+                    } else if member.rack != rack {
+                        Some(format!(
+                            "in rack {:?}, not {rack:?} (a node moves to another rack by leaving and joining again)",
+                            member.rack
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(differs) = differs {
                         return Err(refuse(
                             ErrorCode::MalformedBody,
-                            format!(
-                                "node id {node} is already a member at {}, not {address}",
-                                member.address
-                            ),
+                            format!("node id {node} is already a member {differs}"),
                         ));
                     }
                     return Ok(());
                 }
-                _ => meridian_ring::plan_join(&view.ring, Member::new(node, address))
-                    .map_err(refused)?,
+                _ => {
+                    let member = super::member_in(node, address.to_string(), rack);
+                    meridian_ring::plan_join(&view.ring, member).map_err(refused)?
+                }
             }
         }
         MembershipCommand::Leave => match view.ring.member(node) {
@@ -328,6 +340,7 @@ pub async fn join_through(
         node_id: cluster.self_id,
         plan: 0,
         address: Bytes::from(shard.config.node.listen.to_string()),
+        rack: Bytes::from(shard.config.own_rack().unwrap_or_default()),
         partitions: Vec::new(),
     });
     let seed = answered[0];

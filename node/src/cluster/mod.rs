@@ -158,7 +158,11 @@ impl Cluster {
                 &config.node.cluster,
                 config.storage.partitions,
                 config.cluster.replicas,
-                Member::new(config.node.node_id, config.node.listen.to_string()),
+                member_in(
+                    config.node.node_id,
+                    config.node.listen.to_string(),
+                    config.own_rack(),
+                ),
             )
             .map_err(|e| format!("cannot build the ring: {e}"))?,
             None => return Ok(None),
@@ -310,11 +314,22 @@ impl Cluster {
     }
 }
 
+/// A ring member that is up, in `rack` if it has one.
+pub(crate) fn member_in(id: u16, address: String, rack: Option<String>) -> Member {
+    let member = Member::new(id, address);
+    match rack {
+        Some(rack) => member.in_rack(rack),
+        None => member,
+    }
+}
+
 /// The first ring of the founding members (`cluster.members`): joined in
 /// id order, transfers completed, so every founding member builds the same.
 fn founding_ring(config: &Config) -> Result<Ring, String> {
     let members = config.cluster.parsed_members().map_err(|e| e.to_string())?;
-    let first = Member::new(members[0].id, members[0].address.clone());
+    let as_member =
+        |m: &crate::config::MemberAddress| member_in(m.id, m.address.clone(), m.rack.clone());
+    let first = as_member(&members[0]);
     let mut ring = Ring::new(
         &config.node.cluster,
         config.storage.partitions,
@@ -323,7 +338,7 @@ fn founding_ring(config: &Config) -> Result<Ring, String> {
     )
     .map_err(|e| format!("cannot build the ring: {e}"))?;
     for member in &members[1..] {
-        ring = meridian_ring::plan_join(&ring, Member::new(member.id, member.address.clone()))
+        ring = meridian_ring::plan_join(&ring, as_member(member))
             .map_err(|e| format!("cannot add member {} to the ring: {e}", member.id))?;
     }
     while let Some(transfer) = ring.transfers().first().copied() {
@@ -344,10 +359,21 @@ fn check_persisted(ring: &Ring, config: &Config) -> Result<(), String> {
             config.storage.partitions
         ));
     }
-    if ring.member(config.node.node_id).is_none() {
+    let Some(member) = ring.member(config.node.node_id) else {
         return Err(format!(
             "the persisted ring does not name this node (node.node_id = {})",
             config.node.node_id
+        ));
+    };
+    let configured = config.own_rack();
+    if member.rack != configured && member.status != meridian_ring::Status::Removed {
+        let shown = |rack: &Option<String>| rack.clone().unwrap_or_else(|| "(none)".to_string());
+        return Err(format!(
+            "the ring places this node (node {}) in rack {}, its config in rack {}: the claim placed its replicas by the ring's rack, so a node moves to another rack by leaving the ring and joining again; to start it as it is, set node.rack back to {}",
+            config.node.node_id,
+            shown(&member.rack),
+            shown(&configured),
+            shown(&member.rack)
         ));
     }
     Ok(())
