@@ -133,6 +133,10 @@ fn newest_hinted(directory: &Path, ids: &[u32]) -> Option<u32> {
         .find(|&id| read_hint(directory, id).is_some())
 }
 
+/// How many hint entries ahead of the one being replayed the index bucket
+/// is prefetched.
+const REPLAY_PREFETCH_DISTANCE: usize = 16;
+
 /// Loads a sealed segment from its hint, or scans it strictly.
 fn load_sealed(store: &mut Store, id: u32, digests: &mut Vec<u64>) -> Result<()> {
     let path = segment_path(&store.directory, id);
@@ -151,7 +155,13 @@ fn load_sealed(store: &mut Store, id: u32, digests: &mut Vec<u64>) -> Result<()>
             let entries = store
                 .keydir
                 .in_insertion_order(&hint.entries, |e| e.hash_high);
-            for e in &entries {
+            for (i, e) in entries.iter().enumerate() {
+                // The probes sweep the index in order but sparsely (a
+                // segment holds a few keys per region): hint the bucket a
+                // few entries ahead so its miss overlaps this one's work.
+                if let Some(ahead) = entries.get(i + REPLAY_PREFETCH_DISTANCE) {
+                    store.keydir.prefetch_bucket(ahead.hash_high);
+                }
                 let record = Replayed {
                     offset: e.offset,
                     hash_high: e.hash_high,
