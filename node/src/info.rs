@@ -71,6 +71,7 @@ pub fn cluster_info_here(shard: &Shard) -> String {
     let view = cluster.view();
     let ring = &view.ring;
     let target = view.target.as_ref().unwrap_or(ring);
+    let primaries = ring.all_primaries();
     let members: Vec<serde_json::Value> = ring
         .members()
         .iter()
@@ -81,8 +82,9 @@ pub fn cluster_info_here(shard: &Shard) -> String {
                     .filter(|&&owner| owner == member.id)
                     .count()
             };
-            let replicated = (0..ring.partitions())
-                .filter(|&p| ring.primaries(p).contains(&member.id))
+            let replicated = primaries
+                .iter()
+                .filter(|nodes| nodes.contains(&member.id))
                 .count();
             json!({
                 "node_id": member.id,

@@ -26,7 +26,9 @@
 //! 3. *Repair.* While some partition still conflicts with a neighbour, it is
 //!    handed to a node without conflict there (back to its original owner
 //!    when possible), or swapped with a partition elsewhere when that lowers
-//!    the number of conflicts. Bounded by a number of rounds. Small rings
+//!    the number of conflicts. Bounded by a number of rounds and of swaps
+//!    tried (`REPAIR_SWAP_TRIES_MAX`); re-tiling (step 6) takes over from
+//!    there on large rings. Small rings
 //!    still in conflict get an exact dynamic program (step 4).
 //! 5. *Refine.* Unless the ring is free of conflict and moves no more than
 //!    the minimum (every partition of a leaver, every partition above a
@@ -408,6 +410,7 @@ impl Layout {
         // the claimant, 1.2 s now (256 partitions: unchanged, all tried).
         let order = bit_reversed_order(self.len());
         let candidates = &order[..order.len().min(SWAP_CANDIDATES_MAX)];
+        let mut budget = REPAIR_SWAP_TRIES_MAX;
         for _round in 0..REPAIR_ROUNDS_MAX {
             let bad: Vec<usize> = (0..self.len())
                 .filter(|&p| self.conflicts(p, self.owners[p]) > 0)
@@ -421,9 +424,10 @@ impl Layout {
                 if current == 0 {
                     continue;
                 }
-                improved |= self.reassign(p, current) || self.swap(p, current, candidates);
+                improved |=
+                    self.reassign(p, current) || self.swap(p, current, candidates, &mut budget);
             }
-            if !improved {
+            if !improved || budget == 0 {
                 return;
             }
         }
@@ -458,13 +462,23 @@ impl Layout {
 
     /// Swaps the owners of `partition` and another partition when that
     /// lowers the conflicts of the two (and so of the ring).
-    fn swap(&mut self, partition: usize, current: u32, candidates: &[usize]) -> bool {
+    fn swap(
+        &mut self,
+        partition: usize,
+        current: u32,
+        candidates: &[usize],
+        budget: &mut usize,
+    ) -> bool {
         let owner = self.owners[partition];
         for &q in candidates {
             let other = self.owners[q];
             if other == owner {
                 continue;
             }
+            if *budget == 0 {
+                return false;
+            }
+            *budget -= 1;
             let before = current + self.conflicts(q, other);
             self.owners[partition] = other;
             self.owners[q] = owner;
@@ -481,6 +495,13 @@ impl Layout {
 
 /// Partitions tried as swap partners for one conflicting partition.
 const SWAP_CANDIDATES_MAX: usize = 512;
+/// Swaps tried in one repair, all conflicting partitions and rounds
+/// together. A ring of 256 partitions never reaches it (at most 256 × 256
+/// per round, 64 rounds); a large ring with most of its partitions in
+/// conflict (a leave that empties a rack of a 65,536-partition ring) stops
+/// here after about half a second instead of running for minutes, and
+/// re-tiling (step 6) removes what is left.
+const REPAIR_SWAP_TRIES_MAX: usize = 1 << 23;
 
 /// Bound on the dynamic program's table: positions × states.
 const EXACT_TABLE_ENTRIES_MAX: usize = 1 << 23;
@@ -612,8 +633,9 @@ impl Layout {
 }
 
 /// Rotations of a tiling tried against the current ring: all of them on a
-/// ring of up to this many partitions, this many spread evenly beyond.
-const RETILE_ROTATIONS_MAX: usize = 4096;
+/// ring of up to this many partitions, this many spread evenly beyond (a
+/// ring of 65,536 partitions then costs about 67M comparisons).
+const RETILE_ROTATIONS_MAX: usize = 1024;
 
 impl Layout {
     /// Step 6 of the module doc: a ring built from scratch by
@@ -645,6 +667,12 @@ impl Layout {
         let mut rack_counts = vec![0u32; racks.len()];
         for &y in &nodes {
             rack_counts[rack_index(y).expect("an eligible node's rack")] += self.target[y as usize];
+        }
+        if !tiling::holds(&rack_counts, window) {
+            // It would leave conflicts too: N racks on a ring N does not
+            // divide, or a rack past its cap. Keep the incremental ring
+            // rather than pay for a tiling that cannot be kept.
+            return;
         }
         let sequence = tiling::tile(&rack_counts, window);
         // The rotation whose racks agree with the most current owners.

@@ -13,6 +13,7 @@
 //! - [`Ring`]: the document (epoch, members, owner per partition, pending
 //!   transfers), with [`Ring::preference_list`].
 //! - [`plan_join`], [`plan_leave`], [`set_status`], [`complete_transfer`],
+//!   [`complete_all`],
 //!   [`adopt`]: the planner (module [`plan`]).
 //! - [`claim`]: the placement algorithm and its guarantees (module doc).
 //! - [`encode`], [`decode`]: the persisted bytes (module [`format`]).
@@ -35,7 +36,7 @@ mod tiling;
 pub use claim::{window_violations, Claimant};
 pub use error::{Error, Result};
 pub use format::{decode, encode, load, save};
-pub use plan::{adopt, complete_transfer, plan_join, plan_leave, set_status};
+pub use plan::{adopt, complete_all, complete_transfer, plan_join, plan_leave, set_status};
 pub use preference::{PreferenceList, Replica, Role};
 pub use ring::{
     check_settings, partition_of, Member, NodeId, Ring, Status, Transfer, PARTITIONS_DEFAULT,

@@ -122,6 +122,24 @@ pub fn complete_transfer(ring: &Ring, partition: u32) -> Result<Ring> {
     Ok(next)
 }
 
+/// Completes every pending transfer at once: the ring that completing them
+/// one by one with [`complete_transfer`] gives (the same owners and
+/// statuses, the epoch one higher per transfer), in one pass and one
+/// validation. One by one costs a copy and a validation of the whole ring
+/// per transfer: about 40,000 × 65,536 steps when a leave re-tiles a ring
+/// of 65,536 partitions, tens of seconds on the claimant's shard.
+pub fn complete_all(ring: &Ring) -> Result<Ring> {
+    let mut next = ring.clone();
+    for transfer in &ring.transfers {
+        next.owners[transfer.partition as usize] = transfer.target;
+    }
+    next.transfers.clear();
+    settle_statuses(&mut next);
+    next.epoch += ring.transfers.len() as u64;
+    next.validate()?;
+    Ok(next)
+}
+
 /// The document a node keeps when it hears `remote` while holding `local`:
 /// the higher epoch; on equal epochs, the higher content hash (any
 /// deterministic choice works; every node makes the same one).

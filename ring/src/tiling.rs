@@ -30,6 +30,18 @@
 //! under the conditions above (checked by the caller, which keeps the better
 //! ring either way).
 
+/// True when `counts` meet the module's conditions, under which [`tile`]
+/// leaves every window of `window` entries distinct.
+pub(crate) fn holds(counts: &[u32], window: usize) -> bool {
+    let total: u32 = counts.iter().sum();
+    let rows = total / window.max(1) as u32;
+    let groups = counts.iter().filter(|&&c| c > 0).count();
+    let within_caps = counts.iter().all(|&c| c <= rows);
+    let enough_groups = groups > window
+        || groups == window && counts.iter().all(|&c| c == 0 || c * window as u32 == total);
+    window >= 1 && rows as usize >= window && within_caps && enough_groups
+}
+
 /// The groups of a circular sequence of `counts.iter().sum()` entries in
 /// which group `g` appears `counts[g]` times and, under the module's
 /// conditions, every `window` consecutive entries are distinct.
@@ -101,6 +113,9 @@ mod tests {
                     let Some(counts) = counts(total, window + extra, window, &mut seed) else {
                         continue;
                     };
+                    if !holds(&counts, window) {
+                        continue;
+                    }
                     let sequence = tile(&counts, window);
                     for (g, &count) in counts.iter().enumerate() {
                         let seen = sequence.iter().filter(|&&s| s == g).count();
@@ -113,6 +128,15 @@ mod tests {
             }
         }
         assert!(checked > 100, "only {checked} cases had counts within caps");
+    }
+
+    #[test]
+    fn the_conditions_are_checked_before_tiling() {
+        assert!(holds(&[51, 51, 51, 35, 34, 34], 5));
+        assert!(holds(&[64, 64, 64, 64], 4), "exactly w groups of P / w");
+        assert!(!holds(&[52, 51, 51, 51, 51], 5), "5 groups cannot tile 256");
+        assert!(!holds(&[52, 51, 51, 34, 34, 34], 5), "a group past P / w");
+        assert!(!holds(&[128, 128], 3), "fewer groups than the window");
     }
 
     #[test]

@@ -122,3 +122,23 @@ fn adopt_keeps_the_higher_epoch_and_breaks_ties_the_same_way_everywhere() {
         Err(Error::Mismatch { .. })
     ));
 }
+
+/// `complete_all` gives the ring that completing each pending transfer in
+/// turn gives: owners, statuses, epoch, no transfer left; for a join and
+/// for a leave, with racks.
+#[test]
+fn completing_all_transfers_at_once_equals_one_by_one() {
+    let grown = grown(256, 3, 7, 4);
+    let joined = meridian_ring::plan_join(&grown, member(7, 4)).expect("join");
+    let left = meridian_ring::plan_leave(&grown, 3).expect("leave");
+    for planned in [joined, left] {
+        assert!(!planned.transfers().is_empty());
+        let at_once = meridian_ring::complete_all(&planned).expect("complete all");
+        let one_by_one = settle(planned.clone());
+        assert_eq!(at_once.owners(), one_by_one.owners());
+        assert_eq!(at_once.members(), one_by_one.members());
+        assert_eq!(at_once.epoch(), one_by_one.epoch());
+        assert!(at_once.transfers().is_empty());
+        assert_eq!(at_once.content_hash(), one_by_one.content_hash());
+    }
+}

@@ -247,16 +247,13 @@ pub fn complete_if_ready(shard: &Shard) {
     if ready < needed {
         return;
     }
-    let mut next: Ring = view.ring.clone();
-    while let Some(transfer) = next.transfers().first().copied() {
-        match meridian_ring::complete_transfer(&next, transfer.partition) {
-            Ok(ring) => next = ring,
-            Err(error) => {
-                tracing::error!(%error, "cannot complete a transfer");
-                return;
-            }
+    let next: Ring = match meridian_ring::complete_all(&view.ring) {
+        Ok(ring) => ring,
+        Err(error) => {
+            tracing::error!(%error, "cannot complete the handoff's transfers");
+            return;
         }
-    }
+    };
     tracing::info!(
         epoch = next.epoch(),
         transfers = view.ring.transfers().len(),

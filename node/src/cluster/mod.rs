@@ -75,11 +75,8 @@ impl RingView {
                 plan: 0,
             });
         }
-        let mut target = ring.clone();
-        while let Some(transfer) = target.transfers().first().copied() {
-            target = meridian_ring::complete_transfer(&target, transfer.partition)
-                .map_err(|e| format!("cannot complete the ring's plan: {e}"))?;
-        }
+        let target = meridian_ring::complete_all(&ring)
+            .map_err(|e| format!("cannot complete the ring's plan: {e}"))?;
         let owners: Vec<u8> = ring
             .target_owners()
             .iter()
@@ -341,11 +338,7 @@ fn founding_ring(config: &Config) -> Result<Ring, String> {
         ring = meridian_ring::plan_join(&ring, as_member(member))
             .map_err(|e| format!("cannot add member {} to the ring: {e}", member.id))?;
     }
-    while let Some(transfer) = ring.transfers().first().copied() {
-        ring = meridian_ring::complete_transfer(&ring, transfer.partition)
-            .map_err(|e| format!("cannot settle the ring: {e}"))?;
-    }
-    Ok(ring)
+    meridian_ring::complete_all(&ring).map_err(|e| format!("cannot settle the ring: {e}"))
 }
 
 /// A persisted ring must belong to this cluster, ring size and node.
