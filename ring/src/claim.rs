@@ -42,7 +42,9 @@
 //!    [`crate::tiling`], which cannot leave a conflict when there are more
 //!    racks than N and none passes its cap, turned to agree most with the
 //!    current ring, and refined again to trim its moves; it is kept only if
-//!    it has no conflict left. This is what a leave that empties a rack
+//!    it has no conflict left. Exactly N racks (or nodes) on a ring N does
+//!    not divide get the near-tiling instead, kept only if the ring has
+//!    more than twice its conflicts. This is what a leave that empties a rack
 //!    needs: every rack's share and the period of the ring change, and no
 //!    chain of local moves found the new layout (CI found such walks twice).
 //!    Such a leave can move half the ring (123 of 256 for a leaver owning
@@ -668,13 +670,17 @@ impl Layout {
         for &y in &nodes {
             rack_counts[rack_index(y).expect("an eligible node's rack")] += self.target[y as usize];
         }
-        if !tiling::holds(&rack_counts, window) {
-            // It would leave conflicts too: N racks on a ring N does not
-            // divide, or a rack past its cap. Keep the incremental ring
-            // rather than pay for a tiling that cannot be kept.
+        // Exactly N racks (or nodes) on a ring N does not divide cannot be
+        // free of conflict: their near-tiling has the fewest short windows.
+        let sequence = if tiling::holds(&rack_counts, window) {
+            tiling::tile(&rack_counts, window)
+        } else if let Some(near) = tiling::near_tile(&rack_counts, window) {
+            near
+        } else {
+            // A rack past its cap: no layout helps. Keep the incremental
+            // ring rather than pay for one.
             return;
-        }
-        let sequence = tiling::tile(&rack_counts, window);
+        };
         // The rotation whose racks agree with the most current owners.
         let current: Vec<Option<usize>> = self
             .original
@@ -715,14 +721,18 @@ impl Layout {
             room[pick as usize] -= 1;
             owners[p] = pick;
         }
-        let incremental = self.owners.clone();
+        let incremental = (self.violations(), self.owners.clone());
         for (p, &y) in owners.iter().enumerate() {
             if self.owners[p] != y {
                 self.assign(p, y);
             }
         }
-        if self.violations() > 0 {
-            for (p, &y) in incremental.iter().enumerate() {
+        let violations = self.violations();
+        // A near-tiling replaces the ring only when the ring has more than
+        // twice its conflicts: it moves most of the ring, not worth it for a
+        // short window or two.
+        if violations > 0 && incremental.0 <= 2 * violations {
+            for (p, &y) in incremental.1.iter().enumerate() {
                 if self.owners[p] != y {
                     self.assign(p, y);
                 }

@@ -25,6 +25,10 @@
 //! - around the wrap, the last row's entry of a column comes a whole row
 //!   before the first row's entry of the same or the next column.
 //!
+//! Exactly `w` groups on a ring `w` does not divide cannot keep every window
+//! distinct; [`near_tile`] lays them out with the fewest short windows
+//! (`r (w - 1)` for `P = q w + r`, none two short).
+//!
 //! Invariants: the output has `sum(counts)` entries and group `g` appears
 //! exactly `counts[g]` times, whatever the inputs; windows are distinct
 //! under the conditions above (checked by the caller, which keeps the better
@@ -40,6 +44,58 @@ pub(crate) fn holds(counts: &[u32], window: usize) -> bool {
     let enough_groups = groups > window
         || groups == window && counts.iter().all(|&c| c == 0 || c * window as u32 == total);
     window >= 1 && rows as usize >= window && within_caps && enough_groups
+}
+
+/// The counts of exactly `window` groups that cannot tile the ring, and how
+/// [`near_tile`] lays them out: `P = q w + r` with `0 < r`, the `r` groups
+/// of `q + 1` entries and the others of `q`, and `q >= 2r` so that the
+/// duplicated blocks stay apart.
+pub(crate) fn near_tile_applies(counts: &[u32], window: usize) -> bool {
+    let total: u32 = counts.iter().sum();
+    let groups: Vec<u32> = counts.iter().copied().filter(|&c| c > 0).collect();
+    if window < 2 || groups.len() != window {
+        return false;
+    }
+    let (q, r) = (total / window as u32, total % window as u32);
+    let larger = groups.iter().filter(|&&c| c == q + 1).count() as u32;
+    r > 0 && q >= 2 * r && larger == r && groups.iter().all(|&c| c == q || c == q + 1)
+}
+
+/// Exactly `window` groups on a ring `window` does not divide (N racks,
+/// or N nodes, on 256 partitions): no layout keeps every window distinct.
+/// This one repeats the groups in blocks of `window`, in one order, and
+/// gives each of the `r` groups with one entry more a second, adjacent
+/// entry in one block, the `r` blocks spread round the ring. Each doubled
+/// entry makes `window - 1` windows one group short; no window is two
+/// short. `None` unless [`near_tile_applies`].
+pub(crate) fn near_tile(counts: &[u32], window: usize) -> Option<Vec<usize>> {
+    if !near_tile_applies(counts, window) {
+        return None;
+    }
+    let total: u32 = counts.iter().sum();
+    let (q, r) = (total / window as u32, total % window as u32);
+    let order: Vec<usize> = (0..counts.len()).filter(|&g| counts[g] > 0).collect();
+    let mut larger = order.iter().copied().filter(|&g| counts[g] == q + 1);
+    let mut doubled_in: Vec<(u32, usize)> = Vec::with_capacity(r as usize);
+    for k in 0..r {
+        let group = larger.next().expect("r groups have one entry more");
+        doubled_in.push((k * q / r, group));
+    }
+    let mut sequence = Vec::with_capacity(total as usize);
+    for block in 0..q {
+        let doubled = doubled_in
+            .iter()
+            .find(|&&(b, _)| b == block)
+            .map(|&(_, g)| g);
+        for &group in &order {
+            sequence.push(group);
+            if doubled == Some(group) {
+                sequence.push(group);
+            }
+        }
+    }
+    assert_eq!(sequence.len(), total as usize, "every entry placed once");
+    Some(sequence)
 }
 
 /// The groups of a circular sequence of `counts.iter().sum()` entries in
@@ -137,6 +193,37 @@ mod tests {
         assert!(!holds(&[52, 51, 51, 51, 51], 5), "5 groups cannot tile 256");
         assert!(!holds(&[52, 51, 51, 34, 34, 34], 5), "a group past P / w");
         assert!(!holds(&[128, 128], 3), "fewer groups than the window");
+    }
+
+    #[test]
+    fn exactly_window_groups_on_a_ring_they_cannot_tile_leave_r_times_window_minus_one_short() {
+        for (total, window) in [
+            (256u32, 3usize),
+            (256, 5),
+            (65_536, 3),
+            (65_536, 5),
+            (1002, 4),
+        ] {
+            let (q, r) = (total / window as u32, total % window as u32);
+            let counts: Vec<u32> = (0..window as u32).map(|g| q + u32::from(g < r)).collect();
+            let sequence = near_tile(&counts, window).expect("applies");
+            for (g, &count) in counts.iter().enumerate() {
+                assert_eq!(sequence.iter().filter(|&&s| s == g).count(), count as usize);
+            }
+            let short = count_short_windows(&sequence, window, window);
+            assert_eq!(
+                short,
+                r as usize * (window - 1),
+                "total {total} window {window}"
+            );
+            assert_eq!(count_short_windows(&sequence, window, window - 1), 0);
+        }
+        assert!(near_tile(&[64, 64, 64, 64], 4).is_none(), "it tiles");
+        assert!(
+            near_tile(&[86, 85, 85, 0], 3).is_some(),
+            "an empty group is no group"
+        );
+        assert!(near_tile(&[90, 83, 83], 3).is_none(), "uneven counts");
     }
 
     #[test]

@@ -139,9 +139,10 @@ proptest! {
     #![proptest_config(common::walk_config(32))]
 
     /// Random walks of joins and leaves over N+1 or N+2 racks: racks and
-    /// nodes distinct after every step; a join moves at most
-    /// JOIN_FACTOR_WALK × a fair share, a leave that keeps at least 2N nodes
-    /// and empties no rack at most LEAVE_FACTOR × what the leaver owned.
+    /// nodes distinct after every step; a join into a rack in use moves at
+    /// most JOIN_FACTOR_WALK × a fair share, a leave that keeps at least 2N
+    /// nodes and empties no rack at most LEAVE_FACTOR × what the leaver
+    /// owned.
     /// The same walks every run (`common::walk_config`); `CLAIM_WALKS=N`
     /// searches N fresh ones, and `CLAIM_WALK_REPORT=1` prints every step's
     /// movement.
@@ -161,10 +162,16 @@ proptest! {
             if join || size <= 2 * usize::from(replicas) {
                 let planned = plan_join(&ring, member(next_id, racks)).expect("join");
                 let bound = (JOIN_FACTOR_WALK * f64::from(PARTITIONS) / (size + 1) as f64).ceil() as usize;
+                // A join into a rack no member is in (one that leaves
+                // emptied) changes every rack's share and the racks' period,
+                // as the leave that emptied it did: exempt, as that leave is.
+                let fills_a_rack = !alive.iter().any(|id| id % racks == next_id % racks);
                 if std::env::var_os("CLAIM_WALK_REPORT").is_some() {
-                    eprintln!("join N={replicas} racks={racks} {size}->{} moved {} bound {bound}", size + 1, planned.transfers().len());
+                    eprintln!("join N={replicas} racks={racks} {size}->{} fills={fills_a_rack} moved {} bound {bound}", size + 1, planned.transfers().len());
                 }
-                prop_assert!(planned.transfers().len() <= bound, "join to {} moved {}", size + 1, planned.transfers().len());
+                if !fills_a_rack {
+                    prop_assert!(planned.transfers().len() <= bound, "join to {} moved {}", size + 1, planned.transfers().len());
+                }
                 alive.push(next_id);
                 next_id += 1;
                 ring = settle(planned);
@@ -177,10 +184,14 @@ proptest! {
                 // ring: the claim re-tiles it (`tiling`), whatever it moves.
                 // Exempt, as joins up to N nodes are above.
                 let empties_a_rack = !alive.iter().any(|id| id % racks == node % racks);
+                // With N racks or fewer in use, each rack holds a fixed
+                // share, whatever its size: the movement bound does not
+                // apply (see `n_racks_or_fewer_are_spread_as_far_as_possible`).
+                let racks_left = alive.iter().map(|id| id % racks).collect::<std::collections::BTreeSet<_>>().len();
                 if std::env::var_os("CLAIM_WALK_REPORT").is_some() {
                     eprintln!("leave N={replicas} racks={racks} {size}->{} empties={empties_a_rack} moved {} of {had}", size - 1, planned.transfers().len());
                 }
-                if !empties_a_rack {
+                if !empties_a_rack && racks_left > usize::from(replicas) {
                     let bound = (LEAVE_FACTOR * had as f64).ceil() as usize;
                     prop_assert!(planned.transfers().len() <= bound, "leave to {} moved {} of {had}", size - 1, planned.transfers().len());
                 }
@@ -223,10 +234,10 @@ const JOIN_FACTOR_WALK: f64 = 2.0;
 const LEAVE_FACTOR: f64 = 5.0;
 /// Measured, not optimal: after a leave that empties a rack down to N in
 /// use, at most this many × N windows are one rack short (none two short).
-/// Growth reaches fewer than N; a leave reached 6 for N=5 (N=5 over 6
-/// racks, 21 nodes walked down to 18; the saved regression case
-/// `2c39f45f`), and 4 in the 7 such steps of 2,000 random walks. N racks
-/// cannot tile a ring whose size N does not divide, so the re-tiling cannot
-/// remove them all; a claim that placed the short windows as well after a
-/// leave as after a join should bring them below N.
+/// N racks cannot tile a ring whose size N does not divide: at least
+/// `N - 1` windows are short (the near-tiling's count for 256 partitions).
+/// Growth reaches fewer than N; a leave reached 6 for N=5 (the saved case
+/// `2c39f45f`), and more than 2N in a walk found 2026-12-04 (`a714db39`).
+/// The claim now replaces a ring with more than twice the near-tiling's
+/// conflicts by the near-tiling; 4,000 walks then stayed within 2N.
 const SHORT_WINDOWS_AFTER_EMPTYING_A_RACK: usize = 2;
