@@ -26,8 +26,9 @@
 //!   before the first row's entry of the same or the next column.
 //!
 //! Exactly `w` groups on a ring `w` does not divide cannot keep every window
-//! distinct; [`near_tile`] lays them out with the fewest short windows
-//! (`r (w - 1)` for `P = q w + r`, none two short).
+//! distinct; [`near_tile`] lays them out with `r (w - 1)` short windows for
+//! `P = q w + r`, none two short (for 256 partitions `r = 1`: 2 windows
+//! for N=3, 4 for N=5).
 //!
 //! Invariants: the output has `sum(counts)` entries and group `g` appears
 //! exactly `counts[g]` times, whatever the inputs; windows are distinct
