@@ -54,6 +54,7 @@ pub fn cluster_info_here(shard: &Shard) -> String {
             "members": [{
                 "node_id": config.node.node_id,
                 "address": config.node.listen.to_string(),
+                "rack": config.own_rack(),
                 "status": "up",
                 "ring_status": "up",
                 "partitions_owned": config.storage.partitions,
