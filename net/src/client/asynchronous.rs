@@ -19,7 +19,7 @@
 //!   others by preference). Reads are retried once; writes are not.
 //! - Failback runs in a spawned task, so no caller waits for it: off the
 //!   preferred datacenter, a request at least `failback_interval` after the
-//!   last probe spawns one. If a preferred datacenter answers, its
+//!   last probe spawns one, unless a probe still runs (one at a time). If a preferred datacenter answers, its
 //!   connection replaces the current one; requests already in flight finish
 //!   on the old connection, which closes when the last of them lets go.
 //! - Lock order: the connection slot (tokio mutex), then the failover state
@@ -97,6 +97,9 @@ struct Inner {
     encoder: Encoder,
     next_request_id: AtomicU32,
     connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    /// A failback probe is running: no other starts until it ends, however
+    /// short `failback_interval` is.
+    probing: AtomicBool,
 }
 
 /// An async, pipelining client; clone it to share one connection.
@@ -125,6 +128,7 @@ impl Client {
                 config,
                 next_request_id: AtomicU32::new(1),
                 connection: tokio::sync::Mutex::new(None),
+                probing: AtomicBool::new(false),
             }),
         };
         client.connection().await?;
@@ -209,14 +213,24 @@ impl Client {
         }
     }
 
-    /// Off the preferred datacenter, once per `failback_interval`: spawns a
-    /// task that tries the preferred datacenters (see [`Client::fail_back`]).
+    /// Off the preferred datacenter, once per `failback_interval` and never
+    /// while a probe runs: spawns a task that tries the preferred
+    /// datacenters (see [`Client::fail_back`]).
     fn fail_back_if_due(&self) {
+        if self.inner.probing.load(Ordering::Acquire) {
+            return;
+        }
         let Some(targets) = self.failover().take_failback(Instant::now()) else {
             return;
         };
+        if self.inner.probing.swap(true, Ordering::AcqRel) {
+            return; // another request started one meanwhile
+        }
         let client = self.clone();
-        tokio::spawn(async move { client.fail_back(targets).await });
+        tokio::spawn(async move {
+            let _probing = ProbeRunning(client.clone());
+            client.fail_back(targets).await;
+        });
     }
 
     /// Connects to the first of `targets` that answers and, if its
@@ -477,6 +491,15 @@ async fn write_loop(
             return shared.close();
         }
         batch.clear();
+    }
+}
+
+/// Clears [`Inner::probing`] when a probe's task ends, however it ends.
+struct ProbeRunning(Client);
+
+impl Drop for ProbeRunning {
+    fn drop(&mut self) {
+        self.0.inner.probing.store(false, Ordering::Release);
     }
 }
 
