@@ -100,7 +100,7 @@ pub fn cluster_info_here(shard: &Shard) -> String {
             })
         })
         .collect();
-    let (racks, sharing) = ring.rack_spread();
+    let (racks, sharing) = ring.rack_spread(&primaries);
     let handoff = view.target.as_ref().map(|_| {
         let (ready, needed) = crate::cluster::membership::handoff_progress(cluster, &view);
         let transfers: Vec<serde_json::Value> = ring

@@ -700,6 +700,10 @@ impl Layout {
             })
             .max_by_key(|&(agree, k, _)| (agree, std::cmp::Reverse(k)))
             .expect("a ring has partitions");
+        let mut members: Vec<Vec<u16>> = vec![Vec::new(); racks.len()];
+        for &y in &nodes {
+            members[rack_index(y).expect("an eligible node's rack")].push(y);
+        }
         let mut room: Vec<u32> = self.target.clone();
         let mut owners = vec![u16::MAX; count];
         for p in 0..count {
@@ -708,10 +712,10 @@ impl Layout {
                 (1..self.node_window)
                     .any(|d| owners[(p + count - d) % count] == y || owners[(p + d) % count] == y)
             };
-            let pick = nodes
+            let pick = members[rack]
                 .iter()
                 .copied()
-                .filter(|&y| rack_index(y) == Some(rack) && room[y as usize] > 0)
+                .filter(|&y| room[y as usize] > 0)
                 .max_by_key(|&y| {
                     (
                         !clashes(y),

@@ -96,7 +96,14 @@ impl Ring {
     /// a rack of its own), and the partitions whose primaries sit on fewer
     /// distinct racks than `min(N, racks)`: the partitions a rack's outage
     /// would cost more than one replica. `(0, 0)` when no member has a rack.
-    pub fn rack_spread(&self) -> (usize, u32) {
+    /// `primaries` is this ring's [`Ring::all_primaries`], which a caller
+    /// such as CLUSTERINFO computes once for its other counts too.
+    pub fn rack_spread(&self, primaries: &[Vec<NodeId>]) -> (usize, u32) {
+        assert_eq!(
+            primaries.len(),
+            self.partitions() as usize,
+            "one primaries list per partition"
+        );
         if self.members().iter().all(|m| m.rack.is_none()) {
             return (0, 0);
         }
@@ -112,9 +119,8 @@ impl Ring {
         racks.sort_unstable();
         racks.dedup();
         let wanted = usize::from(self.replicas).min(racks.len());
-        let shared = self
-            .all_primaries()
-            .into_iter()
+        let shared = primaries
+            .iter()
             .filter(|primaries| {
                 let mut on: Vec<(Option<&str>, NodeId)> =
                     primaries.iter().map(|&id| rack_of(id)).collect();
